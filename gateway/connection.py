@@ -1,0 +1,116 @@
+"""One client WebSocket: read frames, decode them, call the node.
+
+Writes bypass ``websockets``' per-message send path: the node hands over
+bytes of whole, unmasked server frames (encoded once per event for every
+subscriber) and they go straight to the transport, while ``websockets`` keeps
+owning the handshake, pings and the closing handshake. Nothing is written once
+the connection has left the OPEN state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from gateway.outbox import Outbox
+from protocol import PROTOCOL_VERSION
+from protocol.codec import decode_client, encode, text_frame
+from protocol.errors import ClientError, CloseCode
+from protocol.messages import Auth, Ping, Pong, Subscribe, Unsubscribe, Welcome
+
+if TYPE_CHECKING:
+    from gateway.node import Node
+
+__all__ = ["Client", "serve_client"]
+
+ABUSE_WINDOW = 60.0
+
+
+class Client:
+    """A connected client as the node sees it. Hashable by identity."""
+
+    __slots__ = ("closed", "malformed", "outbox", "session", "transport", "waiting", "ws")
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self.ws = ws
+        self.transport = ws.transport
+        self.outbox = Outbox()
+        self.session = secrets.token_hex(8)
+        # topics subscribed but not yet started: topic -> since (None: snapshot)
+        self.waiting: dict[str, int | None] = {}
+        self.malformed: deque[float] = deque()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        if self.ws.protocol.state is State.OPEN:
+            self.transport.write(data)
+
+    def unsent(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    def close(self, code: int, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            task = asyncio.get_running_loop().create_task(self.ws.close(code, reason))
+            task.add_done_callback(lambda _: None)
+
+    def count_malformed(self, limit: int) -> bool:
+        """Record one malformed message; True when it is repeated abuse."""
+        now = time.monotonic()
+        self.malformed.append(now)
+        while self.malformed and now - self.malformed[0] > ABUSE_WINDOW:
+            self.malformed.popleft()
+        return len(self.malformed) > limit
+
+
+async def serve_client(node: Node, ws: ServerConnection) -> None:
+    client = Client(ws)
+    settings = node.settings
+    node.connect(client)
+    welcome = Welcome(
+        protocol=PROTOCOL_VERSION,
+        session=client.session,
+        node=settings.node,
+        heartbeat=settings.heartbeat,
+    )
+    node.send(client, text_frame(encode(welcome)))
+    try:
+        async for data in ws:
+            if client.closed:
+                break
+            if isinstance(data, bytes):
+                node.stats.abuse_closes += 1
+                client.close(CloseCode.PROTOCOL_ABUSE, "binary frames are not accepted")
+                break
+            try:
+                _dispatch(node, client, decode_client(data, settings.max_topics_per_request))
+            except ClientError as error:
+                node.send_error(client, error)
+                if client.count_malformed(settings.max_malformed_per_minute):
+                    node.stats.abuse_closes += 1
+                    client.close(CloseCode.PROTOCOL_ABUSE, "repeated malformed messages")
+                    break
+    except ConnectionClosed:
+        pass
+    finally:
+        node.disconnect(client)
+        client.closed = True
+    await ws.wait_closed()
+
+
+def _dispatch(node: Node, client: Client, message: object) -> None:
+    if isinstance(message, Subscribe):
+        node.subscribe(client, message, message.topics)
+    elif isinstance(message, Unsubscribe):
+        node.unsubscribe(client, message)
+    elif isinstance(message, Ping):
+        node.send(client, text_frame(encode(Pong(id=message.id))))
+    elif isinstance(message, Auth):
+        node.authenticate(client, message)

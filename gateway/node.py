@@ -1,0 +1,356 @@
+"""One gateway node: the hub, the broker and the client connections, glued on
+one event loop.
+
+Fan-out is synchronous: a live message is decoded and checked once by its
+:class:`~gateway.topic.Topic`, encoded once into frame bytes, and appended to
+each subscriber's outbox. One callback per loop tick (or per ``coalesce``
+window) writes everything each connection is owed in a single
+``transport.write``. No task, queue or future per message per client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from gateway.hub import Hub
+from gateway.outbox import SlowClientPolicy, Verdict
+from gateway.settings import GatewaySettings
+from gateway.stats import Stats
+from gateway.topic import Gap, Topic
+from protocol.codec import encode, error_payload, text_frame
+from protocol.envelope import Envelope, InvalidEnvelope, decode_envelope
+from protocol.errors import ClientError, CloseCode, TooManyTopics, Unauthorized
+from protocol.messages import Auth, Subscribe, Subscribed, Unsubscribe, Unsubscribed
+
+if TYPE_CHECKING:
+    from gateway.broker import Broker
+    from gateway.connection import Client
+
+__all__ = ["Node"]
+
+log = logging.getLogger("scorecast.node")
+
+SWEEP_INTERVAL = 0.05
+RETRY_DELAY = 0.5
+
+
+class Node:
+    def __init__(self, settings: GatewaySettings, stats: Stats | None = None) -> None:
+        self.settings = settings
+        self.stats = stats or Stats()
+        self.hub = Hub(settings.history)
+        self.policy = SlowClientPolicy(
+            settings.soft_limit, settings.hard_limit, settings.slow_grace
+        )
+        self.broker: Broker | None = None
+        self.clients: set[Client] = set()
+        self.draining = False
+        self._dirty: list[Client] = []
+        self._flush_scheduled = False
+        self._slow: set[Client] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._backfills: dict[str, asyncio.Task[list[Envelope]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.broker is not None and self.broker.connected and not self.draining
+
+    def start(self, broker: Broker) -> None:
+        self.broker = broker
+        self._loop = asyncio.get_running_loop()
+        self._sweeper = self._loop.create_task(self._sweep_slow())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # --- writing --------------------------------------------------------------
+
+    def send(self, client: Client, frame: bytes) -> None:
+        if client.outbox.push(frame):
+            self._dirty.append(client)
+            self._schedule_flush()
+
+    def send_error(self, client: Client, error: ClientError) -> None:
+        self.stats.errors_sent += 1
+        self.send(client, text_frame(error_payload(error)))
+
+    def _fan_out(self, topic: Topic, frame: bytes) -> None:
+        dirty = self._dirty
+        name = topic.name
+        for client in topic.subscribers:
+            outbox = client.outbox
+            if outbox.slow_since is not None:
+                outbox.conflated.add(name)
+            elif outbox.push(frame):
+                dirty.append(client)
+        self.stats.fanouts += 1
+        self.stats.deliveries += len(topic.subscribers)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_scheduled or not self._dirty:
+            return
+        self._flush_scheduled = True
+        if self.settings.coalesce > 0:
+            self._loop.call_later(self.settings.coalesce, self._flush)
+        else:
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        now = time.monotonic()
+        stats = self.stats
+        for client in dirty:
+            data = client.outbox.take()
+            if not data or client.closed:
+                continue
+            client.write(data)
+            stats.writes += 1
+            stats.bytes_out += len(data)
+            self._judge(client, now)
+
+    def _judge(self, client: Client, now: float) -> None:
+        verdict = self.policy.judge(client.outbox, client.unsent(), now)
+        if verdict is Verdict.OK:
+            return
+        if verdict is Verdict.CONFLATE:
+            self.stats.slow_clients += 1
+            self._slow.add(client)
+        elif verdict is Verdict.RESUME:
+            self._slow.discard(client)
+            self._resume(client)
+        else:
+            self._slow.discard(client)
+            self.stats.slow_closes += 1
+            client.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+
+    def _resume(self, client: Client) -> None:
+        """A conflating client drained: each skipped topic's newest snapshot."""
+        conflated, client.outbox.conflated = client.outbox.conflated, set()
+        for name in conflated:
+            topic = self.hub.topic(name)
+            if topic is not None and client in topic.subscribers:
+                self.stats.conflations += 1
+                self.send(client, topic.snapshot_frame())
+
+    async def _sweep_slow(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
+            for client in list(self._slow):
+                if client.closed:
+                    self._slow.discard(client)
+                else:
+                    self._judge(client, now)
+
+    # --- clients --------------------------------------------------------------
+
+    def connect(self, client: Client) -> None:
+        self.clients.add(client)
+        self.stats.connections_opened += 1
+
+    def disconnect(self, client: Client) -> None:
+        self.clients.discard(client)
+        self._slow.discard(client)
+        client.waiting.clear()
+        for name in self.hub.detach_all(client):
+            self._spawn(self.broker.unsubscribe(name))
+        self.stats.connections_closed += 1
+
+    def subscribe(self, client: Client, request: Subscribe, allowed: list[str]) -> None:
+        """Answer ``subscribed`` for ``allowed``, then a snapshot or replay each."""
+        new = sum(1 for name in allowed if not self.hub.holds(client, name))
+        limit = self.settings.max_topics_per_connection
+        if limit is not None and self.hub.topic_count(client) + new > limit:
+            raise TooManyTopics(f"at most {limit} topics per connection", request.id)
+        self.send(client, text_frame(encode(Subscribed(id=request.id, topics=allowed))))
+        since = request.since or {}
+        for name in allowed:
+            topic, created = self.hub.attach(client, name)
+            topic.subscribers.discard(client)  # subscribing again restarts the topic
+            client.outbox.conflated.discard(name)
+            client.waiting[name] = since.get(name)
+            if created:
+                self._spawn(self._load(topic))
+            elif topic.ready:
+                self._start(client, topic)
+
+    def unsubscribe(self, client: Client, request: Unsubscribe) -> None:
+        for name in request.topics:
+            client.waiting.pop(name, None)
+            client.outbox.conflated.discard(name)
+            if self.hub.detach(client, name):
+                self._spawn(self.broker.unsubscribe(name))
+        self.send(client, text_frame(encode(Unsubscribed(id=request.id, topics=request.topics))))
+
+    def authenticate(self, client: Client, request: Auth) -> None:
+        self.send_error(client, Unauthorized("this gateway does not use tokens", request.id))
+
+    def _start(self, client: Client, topic: Topic) -> None:
+        """First delivery of a ready topic: snapshot, or replay after ``since``."""
+        since = client.waiting.pop(topic.name)
+        if since is not None:
+            frames = topic.frames_since(since)
+            if frames is not None:
+                self.stats.recoveries_memory += 1
+                for frame in frames:
+                    self.send(client, frame)
+                topic.subscribers.add(client)
+                return
+            if since < topic.seq:
+                client.waiting[topic.name] = since
+                self._backfill(topic)
+                return
+        self.send(client, topic.snapshot_frame())
+        topic.subscribers.add(client)
+
+    # --- topics ---------------------------------------------------------------
+
+    async def _load(self, topic: Topic) -> None:
+        """First subscriber here: subscribe live, then read the snapshot."""
+        name = topic.name
+        while self.hub.topic(name) is topic:
+            try:
+                await self.broker.subscribe(name)
+                latest = await self.broker.latest(name)
+                break
+            except Exception as exc:  # NATS down or timing out: keep clients waiting
+                log.warning("loading %s failed (%r); retrying", name, exc)
+                await asyncio.sleep(RETRY_DELAY)
+        else:
+            if self.hub.topic(name) is None:
+                await self.broker.unsubscribe(name)
+            return
+        self.stats.snapshots_loaded += 1
+        held = topic.take_held()
+        topic.reset(latest)
+        self._release(topic, held)
+        for client in list(topic.holders):
+            if name in client.waiting:
+                self._start(client, topic)
+
+    def on_message(self, name: str, body: bytes) -> None:
+        """A live message from NATS, in the subscription's order."""
+        self.stats.messages_in += 1
+        topic = self.hub.topic(name)
+        if topic is None:
+            return
+        try:
+            envelope = decode_envelope(body)
+        except InvalidEnvelope as exc:
+            self.stats.invalid_envelopes += 1
+            log.warning("dropped an invalid envelope on %s: %s", name, exc)
+            return
+        if envelope.topic != name:
+            self.stats.invalid_envelopes += 1
+            return
+        self._offer(topic, envelope)
+
+    def _offer(self, topic: Topic, envelope: Envelope) -> None:
+        result = topic.offer(envelope)
+        if result is None:
+            return
+        if isinstance(result, Gap):
+            self.stats.gaps_detected += 1
+            self._spawn(self._repair(topic, result))
+        else:
+            self._fan_out(topic, result)
+            self.stats.observe_latency(envelope.ts)
+
+    def _release(self, topic: Topic, repaired: list[Envelope]) -> None:
+        frames, gap = topic.release(repaired)
+        for frame in frames:
+            self._fan_out(topic, frame)
+        if gap is not None:
+            self._spawn(self._repair(topic, gap))
+
+    async def _repair(self, topic: Topic, gap: Gap) -> None:
+        """Fill a gap from JetStream before anything newer is forwarded."""
+        try:
+            found = await self.broker.fetch(topic.name, gap.first, gap.last)
+        except Exception as exc:
+            log.warning("gap repair of %s failed: %r", topic.name, exc)
+            found = []
+        if self.hub.topic(topic.name) is not topic:
+            return
+        filled = {envelope.seq for envelope in found}
+        if all(seq in filled for seq in range(gap.first, gap.last + 1)):
+            self.stats.gaps_repaired += 1
+            self._release(topic, found)
+            return
+        # Not in the stream any more: jump to the newest envelope and say so.
+        self.stats.gaps_unrepaired += 1
+        held = sorted(topic.take_held() + found, key=lambda envelope: envelope.seq)
+        topic.reset(held[-1])
+        self._fan_out(topic, topic.snapshot_frame())
+
+    async def resync(self, name: str | None = None) -> None:
+        """After a NATS reconnect or a dropped message: catch up from JetStream."""
+        names = [name] if name is not None else list(self.hub.topics)
+        for topic_name in names:
+            topic = self.hub.topic(topic_name)
+            if topic is None or not topic.ready or topic.repairing:
+                continue
+            try:
+                latest = await self.broker.latest(topic_name)
+            except Exception as exc:
+                log.warning("resync of %s failed: %r", topic_name, exc)
+                continue
+            if self.hub.topic(topic_name) is not topic or latest is None:
+                continue
+            if latest.seq < topic.seq:  # the stream was reset: the snapshot replaces all
+                topic.reset(latest)
+                self._fan_out(topic, topic.snapshot_frame())
+            elif latest.seq > topic.seq:
+                self._offer(topic, latest)
+
+    # --- recovery from JetStream ------------------------------------------------
+
+    def _backfill(self, topic: Topic) -> None:
+        """Clients asked for events older than memory: one JetStream read per topic."""
+        if topic.name in self._backfills:
+            return
+        task = self._loop.create_task(self.broker.fetch(topic.name, 1, None))
+        self._backfills[topic.name] = task
+        task.add_done_callback(lambda done: self._backfilled(topic, done))
+
+    def _backfilled(self, topic: Topic, task: asyncio.Task[list[Envelope]]) -> None:
+        del self._backfills[topic.name]
+        if self.hub.topic(topic.name) is not topic:
+            return
+        stored = [] if task.cancelled() or task.exception() else task.result()
+        self.stats.recoveries_jetstream += 1
+        frames = {envelope.seq: envelope for envelope in stored}
+        recent = {seq: frame for seq, frame in topic.history}
+        encoded: dict[int, bytes] = {}
+        for client in list(topic.holders):
+            since = client.waiting.get(topic.name)
+            if since is None or client in topic.subscribers:
+                continue
+            del client.waiting[topic.name]
+            wanted = range(since + 1, topic.seq + 1)
+            if all(seq in recent or seq in frames for seq in wanted):
+                for seq in wanted:
+                    if seq not in recent and seq not in encoded:
+                        encoded[seq] = topic.event_frame(frames[seq])
+                    self.send(client, recent.get(seq) or encoded[seq])
+            else:
+                self.send(client, topic.snapshot_frame())
+            topic.subscribers.add(client)
+
+    # --- housekeeping ---------------------------------------------------------
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = self._loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

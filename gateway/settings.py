@@ -1,0 +1,46 @@
+"""Gateway settings: one frozen object, built once at the edge (CLI and
+environment) and passed down. No other module reads the environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+__all__ = ["GatewaySettings"]
+
+
+def _node_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    # where
+    nats: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    node: str = field(default_factory=_node_name)
+    # protocol
+    heartbeat: float = 20.0
+    history: int = 256
+    coalesce: float = 0.0
+    # limits (None means no limit)
+    max_message_size: int = 64 * 1024
+    max_topics_per_request: int = 100
+    max_topics_per_connection: int = 500
+    max_connections: int | None = None
+    # slow clients
+    soft_limit: int = 256 * 1024
+    hard_limit: int = 4 * 1024 * 1024
+    slow_grace: float = 30.0
+    # abuse: more than this many malformed messages within a minute closes 4000
+    max_malformed_per_minute: int = 10
+    # access
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    # lifecycle
+    drain_window: float = 10.0
+    drain_deadline: float = 30.0

@@ -1,0 +1,52 @@
+"""The node's counters: plain integers bumped on the hot path, read by the
+Prometheus collector at scrape time (so counting costs an addition, not a
+lock). Sans-I/O."""
+
+from __future__ import annotations
+
+import bisect
+import time
+
+__all__ = ["LATENCY_BUCKETS", "Stats"]
+
+# publish-to-send latency, seconds (from the envelope's ts to the fan-out)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Stats:
+    COUNTERS = (
+        "connections_opened",
+        "connections_closed",
+        "messages_in",
+        "invalid_envelopes",
+        "fanouts",
+        "deliveries",
+        "writes",
+        "bytes_out",
+        "errors_sent",
+        "slow_clients",
+        "conflations",
+        "slow_closes",
+        "gaps_detected",
+        "gaps_repaired",
+        "gaps_unrepaired",
+        "snapshots_loaded",
+        "recoveries_memory",
+        "recoveries_jetstream",
+        "abuse_closes",
+        "rate_limited",
+    )
+
+    def __init__(self) -> None:
+        for name in self.COUNTERS:
+            setattr(self, name, 0)
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def observe_latency(self, published_at: float) -> None:
+        delay = max(0.0, time.time() - published_at)
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, delay)] += 1
+        self.latency_sum += delay
+
+    def snapshot(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.COUNTERS}

@@ -1,0 +1,146 @@
+"""One topic as the gateway sees it: position, snapshot, recent history.
+
+Sans-I/O. Live envelopes are offered in arrival order; the topic answers
+whether each one is the next event (and gives its frame, encoded once), a
+duplicate to drop, or proof of a gap that must be repaired before anything
+newer is forwarded. While a topic is not ``ready`` (snapshot not loaded yet)
+or is repairing a gap, offered envelopes are held back in ``held``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from protocol.codec import encode, text_frame
+from protocol.envelope import Envelope
+from protocol.messages import NULL, Event, Snapshot
+
+__all__ = ["Gap", "Topic"]
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Events ``first``..``last`` (topic seqs) are missing."""
+
+    first: int
+    last: int
+
+
+class Topic:
+    __slots__ = (
+        "_snapshot_frame",
+        "held",
+        "history",
+        "holders",
+        "name",
+        "ready",
+        "repairing",
+        "seq",
+        "state",
+        "subscribers",
+        "ts",
+    )
+
+    def __init__(self, name: str, history: int) -> None:
+        self.name = name
+        self.seq = 0
+        self.ts: float | None = None
+        self.state = NULL
+        self.history: deque[tuple[int, bytes]] = deque(maxlen=history or None)
+        # holders: every connection that holds the topic here; subscribers: those
+        # already past their snapshot or replay, which receive live events.
+        self.holders: set = set()
+        self.subscribers: set = set()
+        self.ready = False
+        self.repairing = False
+        self.held: list[Envelope] = []
+        self._snapshot_frame: bytes | None = None
+
+    # --- position -----------------------------------------------------------
+
+    def reset(self, latest: Envelope | None) -> None:
+        """Take ``latest`` (the stream's newest message, or None) as the snapshot."""
+        self.history.clear()
+        self._snapshot_frame = None
+        if latest is None:
+            self.seq, self.ts, self.state = 0, None, NULL
+        else:
+            self.seq, self.ts, self.state = latest.seq, latest.ts, latest.state
+        self.ready = True
+        self.repairing = False
+
+    def offer(self, envelope: Envelope) -> bytes | Gap | None:
+        """The event frame to forward, a Gap to repair first, or None (drop/held)."""
+        if not self.ready or self.repairing:
+            self.held.append(envelope)
+            return None
+        if envelope.seq <= self.seq:
+            return None
+        if envelope.seq > self.seq + 1:
+            self.repairing = True
+            self.held.append(envelope)
+            return Gap(self.seq + 1, envelope.seq - 1)
+        return self._advance(envelope)
+
+    def event_frame(self, envelope: Envelope) -> bytes:
+        event = Event(
+            topic=self.name,
+            seq=envelope.seq,
+            ts=envelope.ts,
+            kind=envelope.kind,
+            data=envelope.data,
+        )
+        return text_frame(encode(event))
+
+    def _advance(self, envelope: Envelope) -> bytes:
+        frame = self.event_frame(envelope)
+        self.seq, self.ts, self.state = envelope.seq, envelope.ts, envelope.state
+        self._snapshot_frame = None
+        self.history.append((envelope.seq, frame))
+        return frame
+
+    def release(self, repaired: list[Envelope]) -> tuple[list[bytes], Gap | None]:
+        """Apply envelopes fetched to fill a gap, then the held ones, in order.
+
+        Returns the frames to forward and a gap that is still open (the
+        caller then resets from the newest envelope and sends a snapshot).
+        """
+        self.repairing = False
+        pending = sorted(repaired + self.held, key=lambda env: env.seq)
+        self.held = []
+        frames: list[bytes] = []
+        for index, envelope in enumerate(pending):
+            if envelope.seq <= self.seq:
+                continue
+            if envelope.seq > self.seq + 1:
+                self.held = pending[index:]
+                return frames, Gap(self.seq + 1, envelope.seq - 1)
+            frames.append(self._advance(envelope))
+        return frames, None
+
+    def take_held(self) -> list[Envelope]:
+        held, self.held = self.held, []
+        return held
+
+    # --- what a new subscriber gets -----------------------------------------
+
+    def snapshot_frame(self) -> bytes:
+        """The current snapshot, encoded once per position and shared."""
+        if self._snapshot_frame is None:
+            self._snapshot_frame = text_frame(
+                encode(Snapshot(topic=self.name, seq=self.seq, ts=self.ts, state=self.state))
+            )
+        return self._snapshot_frame
+
+    def frames_since(self, position: int) -> list[bytes] | None:
+        """Event frames after ``position`` from memory, or None if not all held."""
+        if position == self.seq:
+            return []
+        if position > self.seq or not self.history:
+            return None
+        oldest = self.history[0][0]
+        if position + 1 < oldest:
+            return None
+        skip = position + 1 - oldest
+        return [frame for index, (_, frame) in enumerate(self.history) if index >= skip]

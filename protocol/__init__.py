@@ -1,0 +1,17 @@
+"""The scorecast wire contract (``shared/PROTOCOL.md``, version 1) as code.
+
+Pure data and pure functions: no I/O, no asyncio, no NATS, no websockets.
+
+- :mod:`protocol.topics`      topic grammar, topic <-> NATS subject
+- :mod:`protocol.messages`    client and gateway messages as msgspec Structs
+- :mod:`protocol.envelope`    the event envelope stored in JetStream
+- :mod:`protocol.codec`       decode client frames, encode gateway frames once
+- :mod:`protocol.errors`      the error tree and its wire codes
+- :mod:`protocol.merge_patch` RFC 7386 JSON Merge Patch
+"""
+
+PROTOCOL_VERSION = 1
+STREAM_NAME = "SCORES"
+SUBJECT_PREFIX = "scores."
+
+__all__ = ["PROTOCOL_VERSION", "STREAM_NAME", "SUBJECT_PREFIX"]

