@@ -56,7 +56,11 @@ class Client:
         return self.transport.get_write_buffer_size()
 
     def close(self, code: int, reason: str) -> None:
+        """Close with ``code`` once what is owed (an error, a hint) went out."""
         if not self.closed:
+            owed = self.outbox.take()
+            if owed:
+                self.write(owed)
             self.closed = True
             task = asyncio.get_running_loop().create_task(self.ws.close(code, reason))
             task.add_done_callback(lambda _: None)

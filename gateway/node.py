@@ -143,10 +143,26 @@ class Node:
                 self.stats.conflations += 1
                 self.send(client, topic.snapshot_frame())
 
+    def figures(self) -> dict:
+        """Counters and gauges of this node, for ``/metrics``."""
+        figures = self.stats.snapshot()
+        figures.update(
+            connections=len(self.clients),
+            subscriptions=sum(len(names) for names in self.hub.by_connection.values()),
+            topics=len(self.hub.topics),
+            slow_connections=len(self._slow),
+            nats_connected=int(self.broker is not None and self.broker.connected),
+            nats_reconnects=getattr(self.broker, "reconnects", 0),
+        )
+        return figures
+
     async def _sweep_slow(self) -> None:
+        """Re-judge conflating clients; measure event-loop lag on the way."""
         while True:
+            started = time.monotonic()
             await asyncio.sleep(SWEEP_INTERVAL)
             now = time.monotonic()
+            self.stats.loop_lag_seconds = max(0.0, now - started - SWEEP_INTERVAL)
             for client in list(self._slow):
                 if client.closed:
                     self._slow.discard(client)

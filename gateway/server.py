@@ -7,18 +7,40 @@ import asyncio
 import logging
 import signal
 from http import HTTPStatus
+from pathlib import Path
 
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from gateway.broker_nats import NatsBroker
 from gateway.connection import serve_client
+from gateway.metrics import render
 from gateway.node import Node
 from gateway.settings import GatewaySettings
 
 __all__ = ["Gateway", "run_gateway"]
 
 log = logging.getLogger("scorecast.gateway")
+
+
+STATIC = Path(__file__).parent / "static"
+STATIC_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/client.js": ("client.js", "text/javascript; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+
+
+def _response(
+    status: HTTPStatus, body: bytes, content_type: str, cache: str | None = None
+) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    if cache is not None:
+        headers["Cache-Control"] = cache
+    return Response(status.value, status.phrase, headers, body)
 
 
 class Gateway:
@@ -35,6 +57,8 @@ class Gateway:
         )
         self.server: Server | None = None
         self._sock = sock
+        # one source per worker process; gateway.workers replaces this for N > 1
+        self.metric_sources = lambda: [self.node.figures()]
 
     @property
     def port(self) -> int:
@@ -80,6 +104,12 @@ class Gateway:
         path = request.path.partition("?")[0]
         if path == "/ws":
             return None
+        if path == "/metrics":
+            return _response(HTTPStatus.OK, render(self.metric_sources), CONTENT_TYPE_LATEST)
+        if path in STATIC_FILES and request.headers.get("Upgrade") is None:
+            name, content_type = STATIC_FILES[path]
+            body = (STATIC / name).read_bytes()
+            return _response(HTTPStatus.OK, body, content_type, "no-cache")
         if path == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
         if path == "/readyz":

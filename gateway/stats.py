@@ -42,11 +42,23 @@ class Stats:
             setattr(self, name, 0)
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
+        self.refused: dict[str, int] = {}
+        self.loop_lag_seconds = 0.0
+
+    def refuse(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
 
     def observe_latency(self, published_at: float) -> None:
         delay = max(0.0, time.time() - published_at)
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, delay)] += 1
         self.latency_sum += delay
 
-    def snapshot(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.COUNTERS}
+    def snapshot(self) -> dict:
+        figures: dict = {name: getattr(self, name) for name in self.COUNTERS}
+        figures.update(
+            latency_counts=list(self.latency_counts),
+            latency_sum=self.latency_sum,
+            refused=dict(self.refused),
+            loop_lag_seconds=self.loop_lag_seconds,
+        )
+        return figures

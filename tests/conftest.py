@@ -7,7 +7,10 @@ import os
 import nats
 import pytest
 
+from gateway.server import Gateway
+from gateway.settings import GatewaySettings
 from scorecast.natsserver import NatsServer
+from tests.support import create_stream
 
 
 @pytest.fixture
@@ -30,3 +33,25 @@ async def nc(nats_server):
     client = await nats.connect(nats_server.url)
     yield client
     await client.close()
+
+
+@pytest.fixture
+async def js(nc):
+    """JetStream with the SCORES stream created as publishers create it."""
+    js = nc.jetstream()
+    await create_stream(js)
+    return js
+
+
+@pytest.fixture
+def gateway_settings(nats_server) -> GatewaySettings:
+    return GatewaySettings(nats=(nats_server.url,), port=0, node="test")
+
+
+@pytest.fixture
+async def gateway(gateway_settings):
+    """A real gateway in the test's loop, on a free port."""
+    gw = Gateway(gateway_settings)
+    await gw.start()
+    yield gw
+    await gw.stop()

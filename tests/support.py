@@ -117,3 +117,7 @@ def check_sequence(messages: list[dict]) -> int:
             assert message["seq"] == position + 1, f"expected {position + 1}, got {message}"
             position = message["seq"]
     return position
+
+
+def ws_url(gateway, query: str = "") -> str:
+    return f"ws://127.0.0.1:{gateway.port}/ws{query}"

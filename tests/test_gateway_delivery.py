@@ -4,36 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from gateway.server import Gateway
-from gateway.settings import GatewaySettings
-from tests.support import RawPublisher, Recorder, check_sequence, create_stream
-
-
-@pytest.fixture
-async def gateway(nats_server):
-    gw = Gateway(GatewaySettings(nats=(nats_server.url,), port=0, node="test"))
-    await gw.start()
-    yield gw
-    await gw.stop()
-
-
-@pytest.fixture
-async def js(nc):
-    js = nc.jetstream()
-    await create_stream(js)
-    return js
-
-
-def url(gateway: Gateway) -> str:
-    return f"ws://127.0.0.1:{gateway.port}/ws"
+from tests.support import RawPublisher, Recorder, check_sequence, ws_url
 
 
 async def test_welcome_snapshot_then_events(gateway, js):
     publisher = RawPublisher(js)
     await publisher.publish("match.1", {"score": "0-0"})
-    client = await Recorder.open(url(gateway))
+    client = await Recorder.open(ws_url(gateway))
     welcome = await client.wait_for(lambda m: m["type"] == "welcome")
     assert welcome["protocol"] == 1 and welcome["node"] == "test" and welcome["session"]
     await client.send({"type": "subscribe", "id": 1, "topics": ["match.1", "match.1"]})
@@ -50,7 +27,7 @@ async def test_welcome_snapshot_then_events(gateway, js):
 
 
 async def test_empty_topic_snapshot_and_first_event(gateway, js):
-    client = await Recorder.open(url(gateway))
+    client = await Recorder.open(ws_url(gateway))
     await client.send({"type": "subscribe", "id": 7, "topics": ["match.empty"]})
     snapshot = await client.wait_for(lambda m: m["type"] == "snapshot")
     assert snapshot == {
@@ -68,7 +45,7 @@ async def test_empty_topic_snapshot_and_first_event(gateway, js):
 
 async def test_unsubscribe_stops_events_and_ping(gateway, js):
     publisher = RawPublisher(js)
-    client = await Recorder.open(url(gateway))
+    client = await Recorder.open(ws_url(gateway))
     await client.send({"type": "subscribe", "id": 1, "topics": ["match.2"]})
     await client.wait_for(lambda m: m["type"] == "snapshot")
     await client.send({"type": "unsubscribe", "id": 2, "topics": ["match.2", "match.none"]})
@@ -85,7 +62,7 @@ async def test_unsubscribe_stops_events_and_ping(gateway, js):
 async def test_resubscribe_restarts_with_new_snapshot(gateway, js):
     publisher = RawPublisher(js)
     await publisher.publish("match.3", {"x": 1})
-    client = await Recorder.open(url(gateway))
+    client = await Recorder.open(ws_url(gateway))
     await client.send({"type": "subscribe", "id": 1, "topics": ["match.3"]})
     await client.wait_for(lambda m: m["type"] == "snapshot")
     await client.send({"type": "subscribe", "id": 2, "topics": ["match.3"]})
@@ -106,7 +83,7 @@ async def test_fifty_clients_each_get_exactly_their_topics(gateway, js):
     clients = []
     for index in range(50):
         mine = [topics[(index + k) % 10] for k in range(1 + index % 4)]
-        client = await Recorder.open(url(gateway))
+        client = await Recorder.open(ws_url(gateway))
         await client.send({"type": "subscribe", "id": index, "topics": mine})
         clients.append((client, mine))
     for client, mine in clients:

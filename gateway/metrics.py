@@ -1,0 +1,121 @@
+"""``/metrics`` in Prometheus text format.
+
+Counters live as plain integers in :class:`gateway.stats.Stats`; this
+collector reads them at scrape time. With ``--workers N`` each worker
+publishes its figures to a shared folder once a second and any worker's
+``/metrics`` sums the whole process group (see :mod:`gateway.workers`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from gateway.stats import LATENCY_BUCKETS, Stats
+
+__all__ = ["GAUGES", "StatsCollector", "render"]
+
+PREFIX = "scorecast_"
+HELP = {
+    "connections_opened": "WebSocket connections accepted",
+    "connections_closed": "WebSocket connections ended",
+    "messages_in": "messages received from NATS",
+    "invalid_envelopes": "NATS messages dropped as not an envelope",
+    "fanouts": "events fanned out (once per event, whatever the subscriber count)",
+    "deliveries": "event frames queued to subscribers",
+    "writes": "socket writes (frames coalesced per connection per tick)",
+    "bytes_out": "bytes written to client sockets",
+    "errors_sent": "error frames sent to clients",
+    "slow_clients": "times a client went past the soft limit and started conflating",
+    "conflations": "snapshots sent in place of skipped events",
+    "slow_closes": "connections closed with 4008 (slow consumer)",
+    "gaps_detected": "gaps in a topic's sequence seen on the live feed",
+    "gaps_repaired": "gaps filled from JetStream",
+    "gaps_unrepaired": "gaps answered with a snapshot",
+    "snapshots_loaded": "topic snapshots read from JetStream",
+    "recoveries_memory": "subscribe-since requests served from memory",
+    "recoveries_jetstream": "JetStream reads to serve subscribe-since requests",
+    "abuse_closes": "connections closed with 4000 (protocol abuse)",
+    "rate_limited": "client messages refused as rate limited",
+    "handshakes_refused": "handshakes refused, by reason",
+    "nats_reconnects": "reconnections to NATS",
+}
+GAUGES = {
+    "connections": "open WebSocket connections",
+    "subscriptions": "topic subscriptions held by connections",
+    "topics": "topics held by this node (one NATS subscription each)",
+    "slow_connections": "connections currently conflating",
+    "nats_connected": "1 when connected to NATS",
+    "loop_lag_seconds": "event-loop lag, last measurement",
+    "workers": "worker processes reporting",
+}
+
+
+class StatsCollector(Collector):
+    """Sums the figures of every source (one per worker process)."""
+
+    def __init__(self, sources: Callable[[], list[dict]]) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterable[Metric]:
+        figures = self.sources()
+        for name in Stats.COUNTERS:
+            metric = CounterMetricFamily(PREFIX + name, HELP.get(name, name))
+            metric.add_metric([], sum(f.get(name, 0) for f in figures))
+            yield metric
+        refused = CounterMetricFamily(
+            PREFIX + "handshakes_refused", HELP["handshakes_refused"], labels=["reason"]
+        )
+        reasons: dict[str, int] = {}
+        for figure in figures:
+            for reason, count in figure.get("refused", {}).items():
+                reasons[reason] = reasons.get(reason, 0) + count
+        for reason, count in sorted(reasons.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        reconnects = CounterMetricFamily(PREFIX + "nats_reconnects", HELP["nats_reconnects"])
+        reconnects.add_metric([], sum(f.get("nats_reconnects", 0) for f in figures))
+        yield reconnects
+        for name, text in GAUGES.items():
+            gauge = GaugeMetricFamily(PREFIX + name, text)
+            if name == "workers":
+                gauge.add_metric([], len(figures))
+            elif name == "loop_lag_seconds":
+                gauge.add_metric([], max((f.get(name, 0.0) for f in figures), default=0.0))
+            else:
+                gauge.add_metric([], sum(f.get(name, 0) for f in figures))
+            yield gauge
+        yield _latency(figures)
+
+
+def _latency(figures: list[dict]) -> Metric:
+    counts = [0] * (len(LATENCY_BUCKETS) + 1)
+    total = 0.0
+    for figure in figures:
+        for index, count in enumerate(figure.get("latency_counts", ())):
+            counts[index] += count
+        total += figure.get("latency_sum", 0.0)
+    buckets, running = [], 0
+    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
+        running += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+    return HistogramMetricFamily(
+        PREFIX + "publish_to_send_seconds",
+        "from the envelope's ts (publisher clock) to the fan-out",
+        buckets=buckets,
+        sum_value=total,
+    )
+
+
+def render(sources: Callable[[], list[dict]]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(sources))
+    return generate_latest(registry)
