@@ -12,17 +12,18 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections import deque
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from gateway.admission import Strikes, TokenBucket
+from gateway.auth import OPEN, Grant
 from gateway.outbox import Outbox
 from protocol import PROTOCOL_VERSION
 from protocol.codec import decode_client, encode, text_frame
-from protocol.errors import ClientError, CloseCode
+from protocol.errors import ClientError, CloseCode, RateLimited
 from protocol.messages import Auth, Ping, Pong, Subscribe, Unsubscribe, Welcome
 
 if TYPE_CHECKING:
@@ -31,21 +32,40 @@ if TYPE_CHECKING:
 __all__ = ["Client", "serve_client"]
 
 ABUSE_WINDOW = 60.0
+RATE_WINDOW = 10.0
 
 
 class Client:
     """A connected client as the node sees it. Hashable by identity."""
 
-    __slots__ = ("closed", "malformed", "outbox", "session", "transport", "waiting", "ws")
+    __slots__ = (
+        "bucket",
+        "closed",
+        "expiry",
+        "grant",
+        "limited",
+        "malformed",
+        "outbox",
+        "session",
+        "transport",
+        "waiting",
+        "ws",
+    )
 
-    def __init__(self, ws: ServerConnection) -> None:
+    def __init__(self, ws: ServerConnection, node: Node) -> None:
+        settings = node.settings
         self.ws = ws
         self.transport = ws.transport
         self.outbox = Outbox()
         self.session = secrets.token_hex(8)
         # topics subscribed but not yet started: topic -> since (None: snapshot)
         self.waiting: dict[str, int | None] = {}
-        self.malformed: deque[float] = deque()
+        self.grant: Grant = getattr(ws, "grant", OPEN)
+        self.expiry: asyncio.TimerHandle | None = None
+        now = time.monotonic()
+        self.bucket = TokenBucket(settings.messages_per_second, settings.message_burst, now)
+        self.malformed = Strikes(settings.max_malformed_per_minute, ABUSE_WINDOW)
+        self.limited = Strikes(settings.message_burst, RATE_WINDOW)
         self.closed = False
 
     def write(self, data: bytes) -> None:
@@ -62,20 +82,11 @@ class Client:
             if owed:
                 self.write(owed)
             self.closed = True
-            task = asyncio.get_running_loop().create_task(self.ws.close(code, reason))
-            task.add_done_callback(lambda _: None)
-
-    def count_malformed(self, limit: int) -> bool:
-        """Record one malformed message; True when it is repeated abuse."""
-        now = time.monotonic()
-        self.malformed.append(now)
-        while self.malformed and now - self.malformed[0] > ABUSE_WINDOW:
-            self.malformed.popleft()
-        return len(self.malformed) > limit
+            asyncio.get_running_loop().create_task(self.ws.close(code, reason))
 
 
 async def serve_client(node: Node, ws: ServerConnection) -> None:
-    client = Client(ws)
+    client = Client(ws, node)
     settings = node.settings
     node.connect(client)
     welcome = Welcome(
@@ -93,14 +104,7 @@ async def serve_client(node: Node, ws: ServerConnection) -> None:
                 node.stats.abuse_closes += 1
                 client.close(CloseCode.PROTOCOL_ABUSE, "binary frames are not accepted")
                 break
-            try:
-                _dispatch(node, client, decode_client(data, settings.max_topics_per_request))
-            except ClientError as error:
-                node.send_error(client, error)
-                if client.count_malformed(settings.max_malformed_per_minute):
-                    node.stats.abuse_closes += 1
-                    client.close(CloseCode.PROTOCOL_ABUSE, "repeated malformed messages")
-                    break
+            _receive(node, client, data)
     except ConnectionClosed:
         pass
     finally:
@@ -109,12 +113,30 @@ async def serve_client(node: Node, ws: ServerConnection) -> None:
     await ws.wait_closed()
 
 
-def _dispatch(node: Node, client: Client, message: object) -> None:
-    if isinstance(message, Subscribe):
-        node.subscribe(client, message, message.topics)
-    elif isinstance(message, Unsubscribe):
-        node.unsubscribe(client, message)
-    elif isinstance(message, Ping):
-        node.send(client, text_frame(encode(Pong(id=message.id))))
-    elif isinstance(message, Auth):
-        node.authenticate(client, message)
+def _receive(node: Node, client: Client, data: str) -> None:
+    now = time.monotonic()
+    try:
+        message = decode_client(data, node.settings.max_topics_per_request)
+    except ClientError as error:
+        node.send_error(client, error)
+        if client.malformed.add(now):
+            node.stats.abuse_closes += 1
+            client.close(CloseCode.PROTOCOL_ABUSE, "repeated malformed messages")
+        return
+    if not client.bucket.take(now):
+        node.stats.rate_limited += 1
+        node.send_error(client, RateLimited("too many messages", message.id))
+        if client.limited.add(now):
+            client.close(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly")
+        return
+    try:
+        if isinstance(message, Subscribe):
+            node.subscribe(client, message)
+        elif isinstance(message, Unsubscribe):
+            node.unsubscribe(client, message)
+        elif isinstance(message, Ping):
+            node.send(client, text_frame(encode(Pong(id=message.id))))
+        elif isinstance(message, Auth):
+            node.authenticate(client, message)
+    except ClientError as error:
+        node.send_error(client, error)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from gateway.auth import TokenVerifier
 from gateway.hub import Hub
 from gateway.outbox import SlowClientPolicy, Verdict
 from gateway.settings import GatewaySettings
@@ -23,8 +25,16 @@ from gateway.stats import Stats
 from gateway.topic import Gap, Topic
 from protocol.codec import encode, error_payload, text_frame
 from protocol.envelope import Envelope, InvalidEnvelope, decode_envelope
-from protocol.errors import ClientError, CloseCode, TooManyTopics, Unauthorized
-from protocol.messages import Auth, Subscribe, Subscribed, Unsubscribe, Unsubscribed
+from protocol.errors import ClientError, CloseCode, Forbidden, TooManyTopics, Unauthorized
+from protocol.messages import (
+    Auth,
+    Authed,
+    Reconnect,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+)
 
 if TYPE_CHECKING:
     from gateway.broker import Broker
@@ -35,6 +45,7 @@ __all__ = ["Node"]
 log = logging.getLogger("scorecast.node")
 
 SWEEP_INTERVAL = 0.05
+RECONNECT_JITTER_MS = 1000
 RETRY_DELAY = 0.5
 
 
@@ -56,6 +67,11 @@ class Node:
         self._backfills: dict[str, asyncio.Task[list[Envelope]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.verifier: TokenVerifier | None = None
+        if settings.jwt_secret or settings.jwt_public_key:
+            self.verifier = TokenVerifier(
+                secret=settings.jwt_secret, public_key_file=settings.jwt_public_key
+            )
 
     @property
     def ready(self) -> bool:
@@ -174,8 +190,11 @@ class Node:
     def connect(self, client: Client) -> None:
         self.clients.add(client)
         self.stats.connections_opened += 1
+        self._watch_expiry(client)
 
     def disconnect(self, client: Client) -> None:
+        if client.expiry is not None:
+            client.expiry.cancel()
         self.clients.discard(client)
         self._slow.discard(client)
         client.waiting.clear()
@@ -183,12 +202,22 @@ class Node:
             self._spawn(self.broker.unsubscribe(name))
         self.stats.connections_closed += 1
 
-    def subscribe(self, client: Client, request: Subscribe, allowed: list[str]) -> None:
-        """Answer ``subscribed`` for ``allowed``, then a snapshot or replay each."""
+    def subscribe(self, client: Client, request: Subscribe) -> None:
+        """Answer ``subscribed``, then a snapshot or a replay per topic.
+
+        Topics the token does not allow each get a ``forbidden`` error; the
+        others go through. A request over the per-connection limit is refused
+        whole."""
+        allowed = [name for name in request.topics if client.grant.allows(name)]
         new = sum(1 for name in allowed if not self.hub.holds(client, name))
         limit = self.settings.max_topics_per_connection
         if limit is not None and self.hub.topic_count(client) + new > limit:
             raise TooManyTopics(f"at most {limit} topics per connection", request.id)
+        for name in request.topics:
+            if name not in allowed:
+                self.send_error(client, Forbidden(f"not allowed: {name}", request.id))
+        if not allowed:
+            return
         self.send(client, text_frame(encode(Subscribed(id=request.id, topics=allowed))))
         since = request.since or {}
         for name in allowed:
@@ -210,7 +239,46 @@ class Node:
         self.send(client, text_frame(encode(Unsubscribed(id=request.id, topics=request.topics))))
 
     def authenticate(self, client: Client, request: Auth) -> None:
-        self.send_error(client, Unauthorized("this gateway does not use tokens", request.id))
+        """Refresh the token: a new ``exp`` (and topics) for this connection."""
+        if self.verifier is None:
+            raise Unauthorized("this gateway does not use tokens", request.id)
+        client.grant = self.verifier.verify(request.token, request.id)
+        self._watch_expiry(client)
+        self.send(client, text_frame(encode(Authed(id=request.id, exp=client.grant.exp))))
+
+    def _watch_expiry(self, client: Client) -> None:
+        if client.expiry is not None:
+            client.expiry.cancel()
+        if self.verifier is not None and client.grant.exp:
+            delay = max(0.0, client.grant.exp - time.time())
+            client.expiry = self._loop.call_later(delay, self._expire, client)
+
+    def _expire(self, client: Client) -> None:
+        if client.grant.exp <= time.time():
+            client.close(CloseCode.TOKEN_EXPIRED, "token expired")
+        else:
+            self._watch_expiry(client)
+
+    # --- drain ------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Hint every client to reconnect elsewhere, spread over the window,
+        closing each with 1012 at its turn; return when all are gone or the
+        deadline passes."""
+        self.draining = True
+        window = self.settings.drain_window
+        for client in list(self.clients):
+            self._loop.call_later(random.uniform(0, window), self._send_away, client)
+        deadline = time.monotonic() + self.settings.drain_deadline
+        while self.clients and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    def _send_away(self, client: Client) -> None:
+        if client.closed:
+            return
+        hint = Reconnect(after_ms=random.randint(0, RECONNECT_JITTER_MS), reason="draining")
+        self.send(client, text_frame(encode(hint)))
+        client.close(CloseCode.RESTART, "restart")
 
     def _start(self, client: Client, topic: Topic) -> None:
         """First delivery of a ready topic: snapshot, or replay after ``since``."""

@@ -41,6 +41,14 @@ class GatewaySettings:
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
     allowed_origins: tuple[str, ...] = ()
+    handshake_timeout: float = 10.0
+    messages_per_second: float = 20.0
+    message_burst: int = 40
+    connections_per_second: float | None = None
+    connections_per_ip_per_second: float | None = None
     # lifecycle
     drain_window: float = 10.0
     drain_deadline: float = 30.0
+    # set by the worker supervisor (gateway.workers), not by people
+    reuse_port: bool = False
+    metrics_dir: str | None = None

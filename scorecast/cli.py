@@ -96,7 +96,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
 def _add_gateway(flags: _Flags) -> None:
     flags("--host", "127.0.0.1", help="listen address")
     flags("--port", 8080, int, help="listen port")
-    flags("--workers", 1, int, help="worker processes sharing the port")
+    flags("--workers", os.cpu_count() or 1, int, help="worker processes sharing the port")
     flags("--node", None, help="node name in welcome frames (default: host-pid)")
     flags("--heartbeat", 20.0, float, help="WebSocket ping interval, seconds")
     flags("--history", 256, int, help="recent events kept per topic in memory")
@@ -122,7 +122,8 @@ def gateway_settings(args: argparse.Namespace):
     return GatewaySettings(**values)
 
 
-def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+def run_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coroutine`` on uvloop (the asyncio loop where uvloop is missing)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
@@ -138,13 +139,18 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if args.command == "gateway":
+        settings = gateway_settings(args)
+        if settings.workers > 1:
+            from gateway.workers import run_workers
+
+            return run_workers(settings)
         from gateway.server import run_gateway
 
-        _run(run_gateway(gateway_settings(args)))
+        run_loop(run_gateway(settings))
     elif args.command == "simulate":
         from publishers.simulator import run_simulator
 
-        _run(
+        run_loop(
             run_simulator(
                 args.nats[0] if len(args.nats) == 1 else list(args.nats),
                 matches=args.matches,
@@ -159,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "ingest":
         from publishers.ingest import run_ingest
 
-        _run(
+        run_loop(
             run_ingest(
                 list(args.nats),
                 host=args.host,
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "replay":
         from publishers.replay import run_replay
 
-        count = _run(
+        count = run_loop(
             run_replay(
                 list(args.nats),
                 args.file,
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "dev":
         from scorecast.dev import run_dev
 
-        _run(run_dev(args))
+        run_loop(run_dev(args))
     return 0
 
 
