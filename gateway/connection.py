@@ -99,18 +99,17 @@ async def serve_client(node: Node, ws: ServerConnection) -> None:
     try:
         async for data in ws:
             if client.closed:
-                break
+                continue  # keep reading: the peer's close frame is behind these
             if isinstance(data, bytes):
                 node.stats.abuse_closes += 1
                 client.close(CloseCode.PROTOCOL_ABUSE, "binary frames are not accepted")
-                break
-            _receive(node, client, data)
+            else:
+                _receive(node, client, data)
     except ConnectionClosed:
         pass
     finally:
         node.disconnect(client)
         client.closed = True
-    await ws.wait_closed()
 
 
 def _receive(node: Node, client: Client, data: str) -> None:
