@@ -367,16 +367,15 @@ class Node:
             found = []
         if self.hub.topic(topic.name) is not topic:
             return
-        filled = {envelope.seq for envelope in found}
-        if all(seq in filled for seq in range(gap.first, gap.last + 1)):
+        frames, next_gap, filled = topic.fill(gap, found)
+        if filled:
             self.stats.gaps_repaired += 1
-            self._release(topic, found)
-            return
-        # Not in the stream any more: jump to the newest envelope and say so.
-        self.stats.gaps_unrepaired += 1
-        held = sorted(topic.take_held() + found, key=lambda envelope: envelope.seq)
-        topic.reset(held[-1])
-        self._fan_out(topic, topic.snapshot_frame())
+        else:
+            self.stats.gaps_unrepaired += 1
+        for frame in frames:
+            self._fan_out(topic, frame)
+        if next_gap is not None:
+            self._spawn(self._repair(topic, next_gap))
 
     async def resync(self, name: str | None = None) -> None:
         """After a NATS reconnect or a dropped message: catch up from JetStream."""

@@ -119,6 +119,21 @@ class Topic:
             frames.append(self._advance(envelope))
         return frames, None
 
+    def fill(self, gap: Gap, found: list[Envelope]) -> tuple[list[bytes], Gap | None, bool]:
+        """Close ``gap`` with ``found`` (read from JetStream).
+
+        Returns the frames to forward, a further gap if any, and whether the
+        gap was filled. When the stream no longer has the missing events, jump
+        to the newest envelope known and forward its snapshot instead, so
+        subscribers never see a silent gap."""
+        stored = {envelope.seq for envelope in found}
+        if all(seq in stored for seq in range(gap.first, gap.last + 1)):
+            return *self.release(found), True
+        newest = max(self.held + found, key=lambda envelope: envelope.seq)
+        self.held = []
+        self.reset(newest)
+        return [self.snapshot_frame()], None, False
+
     def take_held(self) -> list[Envelope]:
         held, self.held = self.held, []
         return held
