@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import os
+import socket
 import time
 from typing import Any
 
@@ -121,3 +124,72 @@ def check_sequence(messages: list[dict]) -> int:
 
 def ws_url(gateway, query: str = "") -> str:
     return f"ws://127.0.0.1:{gateway.port}/ws{query}"
+
+
+class RawClient:
+    """A WebSocket client on a bare socket that reads only when told to, with
+    a tiny receive buffer: the slow phone on a bad network."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.messages: list[dict] = []
+        self.close_code: int | None = None
+
+    @classmethod
+    async def open(cls, port: int, receive_buffer: int = 4096) -> RawClient:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        # a small limit: the reader stops taking bytes off the socket when not read
+        reader, writer = await asyncio.open_connection(sock=sock, limit=2**14)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return cls(reader, writer)
+
+    async def send(self, message: dict) -> None:
+        payload = orjson.dumps(message)
+        mask = os.urandom(4)
+        masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+        assert len(payload) < 126
+        self.writer.write(bytes((0x81, 0x80 | len(payload))) + mask + masked)
+        await self.writer.drain()
+
+    async def read_frame(self) -> dict | None:
+        """The next data frame as JSON; None once a close frame arrived."""
+        first, second = await self.reader.readexactly(2)
+        size = second & 0x7F
+        if size == 126:
+            size = int.from_bytes(await self.reader.readexactly(2))
+        elif size == 127:
+            size = int.from_bytes(await self.reader.readexactly(8))
+        payload = await self.reader.readexactly(size)
+        if first & 0x0F == 0x8:
+            self.close_code = int.from_bytes(payload[:2]) if len(payload) >= 2 else 1005
+            return None
+        if first & 0x0F != 0x1:
+            return await self.read_frame()  # a ping: not a message
+        message = orjson.loads(payload)
+        self.messages.append(message)
+        return message
+
+    async def read_until(self, predicate, timeout: float = 30.0) -> dict | None:
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self.read_frame()
+                if message is None or predicate(message):
+                    return message
+
+    def of(self, topic: str) -> list[dict]:
+        return [m for m in self.messages if m.get("topic") == topic]
+
+    def close(self) -> None:
+        self.writer.close()
