@@ -88,7 +88,8 @@ class Gateway:
         return read_figures(self.settings.metrics_dir, own)
 
     async def start(self) -> None:
-        await self.broker.connect()
+        """Listen, then connect to NATS (retrying until it answers: until then
+        ``/readyz`` says 503 and subscribers wait for their snapshots)."""
         self.node.start(self.broker)
         if self.verifier_missing():
             log.warning("no --jwt-secret or --jwt-public-key: the gateway is open to everyone")
@@ -111,6 +112,15 @@ class Gateway:
         if self.settings.metrics_dir is not None:
             self._figures = asyncio.get_running_loop().create_task(self._publish_figures())
         log.info("gateway %s listening on port %s", self.settings.node, self.port)
+        delay = 0.25
+        while True:
+            try:
+                await self.broker.connect()
+                return
+            except Exception as exc:  # NoServersError, OSError, timeouts
+                log.warning("NATS at %s not reachable (%r); retrying", self.settings.nats, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def verifier_missing(self) -> bool:
         return self.node.verifier is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.support import RawPublisher, Recorder, check_sequence, ws_url
+from tests.support import RawPublisher, Recorder, check_sequence, create_stream, ws_url
 
 
 async def test_welcome_snapshot_then_events(gateway, js):
@@ -97,3 +97,31 @@ async def test_fifty_clients_each_get_exactly_their_topics(gateway, js):
             assert check_sequence(client.of(topic)) == 21
         assert {m["topic"] for m in client.messages if "topic" in m} == set(mine)
     await asyncio.gather(*(client.close() for client, _ in clients))
+
+
+async def test_gateway_started_before_the_stream_exists_waits_for_publishers(gateway, nc):
+    client = await Recorder.open(ws_url(gateway))
+    await client.send({"type": "subscribe", "id": 1, "topics": ["match.early"]})
+    snapshot = await client.wait_for(lambda m: m["type"] == "snapshot")
+    assert snapshot["seq"] == 0 and snapshot["state"] is None
+    js = nc.jetstream()
+    await create_stream(js)  # the publisher arrives and creates SCORES
+    await RawPublisher(js).publish("match.early", {"kickoff": True})
+    event = await client.wait_for(lambda m: m["type"] == "event")
+    assert event["seq"] == 1 and event["data"] == {"kickoff": True}
+    await client.close()
+
+
+async def test_gateway_started_before_nats_serves_health_then_connects(nats_server, tmp_path):
+    from gateway.server import Gateway
+    from gateway.settings import GatewaySettings
+
+    nats_server.stop()
+    gw = Gateway(GatewaySettings(nats=(nats_server.url,), port=0))
+    starting = asyncio.create_task(gw.start())
+    await asyncio.sleep(0.5)
+    assert not starting.done() and not gw.node.ready
+    nats_server.start()
+    await asyncio.wait_for(starting, 15)
+    assert gw.node.ready
+    await gw.stop()

@@ -1,0 +1,592 @@
+// scorecast browser client: one dependency-free ES module.
+//
+//   import { ScorecastClient } from "/client.js";
+//   const client = new ScorecastClient("wss://scores.example/ws", { topics: ["match.4711"] });
+//   client.on("update", (u) => render(u.topic, u.state));
+//   client.on("status", (s) => indicator(s));   // connecting | connected | reconnecting | draining | closed
+//   client.connect();
+//
+// The state logic (ClientState) is pure and shared in meaning with the Python
+// client (scorecast/client_state.py): a snapshot replaces a topic's state; an
+// event with seq = position + 1 is applied as an RFC 7386 merge patch; any
+// other seq (a gap, a duplicate, a step backwards) is dropped and the topic is
+// resubscribed with `since` = position; frames of a topic between a
+// (re)subscribe and its `subscribed` answer are dropped. Every new connection
+// resubscribes all topics with `since`, so a reconnect loses and repeats
+// nothing. ScorecastClient owns the socket, timers and retries: exponential
+// backoff with full jitter, `reconnect` hints from a draining gateway, and
+// application pings.
+
+export const PROTOCOL_VERSION = 1;
+export const DEFAULT_MAX_TOPICS_PER_REQUEST = 100;
+
+export const Status = Object.freeze({
+  CONNECTING: "connecting",
+  CONNECTED: "connected",
+  RECONNECTING: "reconnecting",
+  DRAINING: "draining",
+  CLOSED: "closed",
+});
+
+// --- pure helpers -------------------------------------------------------------
+
+const TOPIC = /^[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+){0,7}$/;
+
+/** 1 to 8 dot-separated tokens of [A-Za-z0-9_-], at most 200 characters. */
+export function isValidTopic(topic) {
+  return typeof topic === "string" && topic.length <= 200 && TOPIC.test(topic);
+}
+
+function isObject(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+/** RFC 7386: `target` with `patch` applied; neither argument is modified. */
+export function applyPatch(target, patch) {
+  if (!isObject(patch)) return patch;
+  const result = isObject(target) ? { ...target } : {};
+  for (const [key, value] of Object.entries(patch)) {
+    if (value === null) delete result[key];
+    else result[key] = applyPatch(result[key], value);
+  }
+  return result;
+}
+
+function deepEqual(a, b) {
+  if (a === b) return true;
+  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  const keys = Object.keys(a);
+  if (keys.length !== Object.keys(b).length) return false;
+  return keys.every((key) => Object.hasOwn(b, key) && deepEqual(a[key], b[key]));
+}
+
+/** Full jitter: uniform(0, min(maxDelay, minDelay * factor ** attempt)), in ms. */
+export function backoffDelay(attempt, backoff = {}, random = Math.random) {
+  const { minDelay = 500, maxDelay = 20000, factor = 2 } = backoff;
+  const ceiling = Math.min(maxDelay, minDelay * factor ** Math.min(attempt, 64));
+  return random() * ceiling;
+}
+
+function checkedTopics(topics) {
+  const unique = [...new Set(typeof topics === "string" ? [topics] : topics)];
+  for (const topic of unique) {
+    if (!isValidTopic(topic)) {
+      throw new TypeError(
+        `invalid topic ${JSON.stringify(topic)}: 1 to 8 dot-separated tokens of [A-Za-z0-9_-]`,
+      );
+    }
+  }
+  return unique;
+}
+
+// --- the state machine (no I/O, no clock) ----------------------------------------
+//
+// receive(message) returns a list of outputs, each a plain object:
+//   {type: "update", topic, seq, kind, state, data, ts, snapshot}
+//   {type: "send", message}                 a frame to send to the gateway
+//   {type: "welcomed", session, node, heartbeat, protocol}
+//   {type: "reconnectHint", afterMs, reason}
+//   {type: "gatewayError", code, message, requestId, topics}
+
+export class ClientState {
+  constructor(topics = [], { maxTopicsPerRequest = DEFAULT_MAX_TOPICS_PER_REQUEST } = {}) {
+    this.maxTopicsPerRequest = maxTopicsPerRequest;
+    this.views = new Map(); // topic -> {topic, seq, state, ts, pending}
+    this.connected = false;
+    this.session = null;
+    this.node = null;
+    this.heartbeat = null;
+    this.counters = {
+      snapshots: 0, events: 0, gaps: 0, duplicates: 0,
+      resubscribes: 0, droppedInFlight: 0, badFrames: 0,
+    };
+    this._nextId = 1;
+    this._requests = new Map(); // id -> {kind, topics, refusals}
+    this._pings = new Map(); // id -> sent at (ms)
+    for (const topic of checkedTopics(topics)) this.views.set(topic, newView(topic));
+  }
+
+  get topics() {
+    return [...this.views.keys()];
+  }
+
+  view(topic) {
+    return this.views.get(topic);
+  }
+
+  /** Want `topics`; the frames to send now (none while disconnected). */
+  subscribe(topics) {
+    const wanted = checkedTopics(topics);
+    for (const topic of wanted) if (!this.views.has(topic)) this.views.set(topic, newView(topic));
+    return this.connected ? this._subscribeFrames(wanted) : [];
+  }
+
+  /** Forget `topics` and their state; the frames to send now. */
+  unsubscribe(topics) {
+    const dropped = checkedTopics(topics).filter((topic) => this.views.delete(topic));
+    if (dropped.length === 0 || !this.connected) return [];
+    const id = this._nextId++;
+    this._requests.set(id, { kind: "unsubscribe", topics: dropped, refusals: [] });
+    return [{ type: "send", message: { type: "unsubscribe", id, topics: dropped } }];
+  }
+
+  ping(now) {
+    const id = this._nextId++;
+    this._pings.set(id, now);
+    return { type: "send", message: { type: "ping", id } };
+  }
+
+  pingOverdue(now, timeout) {
+    for (const sent of this._pings.values()) if (now - sent > timeout) return true;
+    return false;
+  }
+
+  /** A new connection: resubscribe every topic, resuming from its position. */
+  connectionMade() {
+    this.connected = true;
+    this._requests.clear();
+    this._pings.clear();
+    return this._subscribeFrames(this.topics);
+  }
+
+  connectionLost() {
+    this.connected = false;
+    this._requests.clear();
+    this._pings.clear();
+    for (const view of this.views.values()) view.pending = null;
+  }
+
+  /** One decoded gateway frame; what follows from it. Never throws. */
+  receive(message) {
+    if (!isObject(message)) {
+      this.counters.badFrames++;
+      return [];
+    }
+    const handler = HANDLERS[message.type];
+    if (handler === undefined) return []; // unknown types: the gateway may grow
+    try {
+      return handler.call(this, message);
+    } catch (error) {
+      if (!(error instanceof BadFrame)) throw error;
+      this.counters.badFrames++;
+      return [];
+    }
+  }
+
+  _onEvent(message) {
+    const view = this._liveView(message.topic);
+    if (view === undefined) return [];
+    const seq = integer(message.seq);
+    if (view.seq !== null && seq === view.seq + 1) {
+      view.seq = seq;
+      view.ts = message.ts ?? null;
+      view.state = applyPatch(view.state, message.data);
+      this.counters.events++;
+      const kind = typeof message.kind === "string" ? message.kind : "event";
+      return [update(view, kind, message.data ?? null, false)];
+    }
+    // a gap, a repeat, a step backwards, or an event before any snapshot:
+    // never apply it; ask the gateway to restart the topic from what we hold
+    if (view.seq !== null && seq <= view.seq) this.counters.duplicates++;
+    else this.counters.gaps++;
+    this.counters.resubscribes++;
+    return this._subscribeFrames([view.topic]);
+  }
+
+  _onSnapshot(message) {
+    const view = this._liveView(message.topic);
+    if (view === undefined) return [];
+    const seq = integer(message.seq);
+    if (seq < 0) throw new BadFrame("negative seq");
+    const state = message.state ?? null;
+    this.counters.snapshots++;
+    if (seq === view.seq && deepEqual(state, view.state)) return []; // nothing changed
+    view.seq = seq;
+    view.state = state;
+    view.ts = message.ts ?? null;
+    return [update(view, "snapshot", null, true)];
+  }
+
+  _onSubscribed(message) {
+    const id = integer(message.id);
+    const request = this._requests.get(id);
+    if (request === undefined) return [];
+    this._requests.delete(id);
+    const granted = new Set(Array.isArray(message.topics) ? message.topics : []);
+    const refused = [];
+    for (const topic of request.topics) {
+      const view = this.views.get(topic);
+      if (view === undefined || view.pending !== id) continue; // a newer request rules
+      if (granted.has(topic)) view.pending = null;
+      else {
+        refused.push(topic);
+        this.views.delete(topic);
+      }
+    }
+    if (refused.length === 0) return [];
+    const text = request.refusals.join("; ") || "not allowed by the token";
+    return [gatewayError("forbidden", text, id, refused)];
+  }
+
+  _onError(message) {
+    const id = Number.isInteger(message.id) ? message.id : null;
+    const code = String(message.code);
+    const text = String(message.message ?? "");
+    const request = id === null ? undefined : this._requests.get(id);
+    if (request === undefined || request.kind !== "subscribe") {
+      return [gatewayError(code, text, id, [])];
+    }
+    if (code === "forbidden") {
+      request.refusals.push(text); // the `subscribed` that follows leaves them out
+      return [];
+    }
+    this._requests.delete(id); // the whole subscribe was refused
+    const refused = request.topics.filter((topic) => this.views.get(topic)?.pending === id);
+    for (const topic of refused) this.views.delete(topic);
+    return [gatewayError(code, text, id, refused)];
+  }
+
+  _onUnsubscribed(message) {
+    this._requests.delete(message.id);
+    return [];
+  }
+
+  _onPong(message) {
+    this._pings.delete(message.id);
+    return [];
+  }
+
+  _onWelcome(message) {
+    this.session = String(message.session);
+    this.node = String(message.node);
+    this.heartbeat = typeof message.heartbeat === "number" ? message.heartbeat : null;
+    const protocol = message.protocol ?? null;
+    return [{ type: "welcomed", session: this.session, node: this.node,
+              heartbeat: this.heartbeat, protocol }];
+  }
+
+  _onReconnect(message) {
+    const afterMs = typeof message.after_ms === "number" ? Math.max(0, message.after_ms) : 0;
+    return [{ type: "reconnectHint", afterMs, reason: String(message.reason ?? "") }];
+  }
+
+  _liveView(topic) {
+    const view = typeof topic === "string" ? this.views.get(topic) : undefined;
+    if (view === undefined) {
+      if (typeof topic !== "string") throw new BadFrame("no topic");
+      return undefined; // not (or no longer) subscribed
+    }
+    if (view.pending !== null) {
+      this.counters.droppedInFlight++;
+      return undefined;
+    }
+    return view;
+  }
+
+  _subscribeFrames(topics) {
+    const frames = [];
+    for (let start = 0; start < topics.length; start += this.maxTopicsPerRequest) {
+      const batch = topics.slice(start, start + this.maxTopicsPerRequest);
+      const id = this._nextId++;
+      this._requests.set(id, { kind: "subscribe", topics: batch, refusals: [] });
+      const message = { type: "subscribe", id, topics: batch };
+      const since = {};
+      for (const topic of batch) {
+        const view = this.views.get(topic);
+        view.pending = id;
+        if (view.seq !== null) since[topic] = view.seq;
+      }
+      if (Object.keys(since).length > 0) message.since = since;
+      frames.push({ type: "send", message });
+    }
+    return frames;
+  }
+}
+
+const HANDLERS = {
+  event: ClientState.prototype._onEvent,
+  snapshot: ClientState.prototype._onSnapshot,
+  subscribed: ClientState.prototype._onSubscribed,
+  unsubscribed: ClientState.prototype._onUnsubscribed,
+  error: ClientState.prototype._onError,
+  pong: ClientState.prototype._onPong,
+  welcome: ClientState.prototype._onWelcome,
+  reconnect: ClientState.prototype._onReconnect,
+};
+
+class BadFrame extends Error {}
+
+function integer(value) {
+  if (!Number.isInteger(value)) throw new BadFrame(`expected an integer, got ${value}`);
+  return value;
+}
+
+function newView(topic) {
+  return { topic, seq: null, state: null, ts: null, pending: null };
+}
+
+function update(view, kind, data, snapshot) {
+  return { type: "update", topic: view.topic, seq: view.seq, kind, state: view.state,
+           data, ts: view.ts, snapshot };
+}
+
+function gatewayError(code, message, requestId, topics) {
+  return { type: "gatewayError", code, message, requestId, topics };
+}
+
+// --- the connection ---------------------------------------------------------------
+
+/** The client stopped for good (1008 policy close, or a URL it cannot use). */
+export class ClientFailed extends Error {}
+
+/**
+ * One WebSocket to a gateway, kept alive, and a view per topic.
+ *
+ * Options: token (string, or a function returning one or a Promise of one,
+ * called before each connection attempt; sent as ?token= since browsers
+ * cannot set headers on a WebSocket), topics, backoff {minDelay, maxDelay,
+ * factor} in ms, pingInterval / pingTimeout in ms (default: the gateway's
+ * heartbeat), openTimeout in ms (10000), WebSocket (the constructor to use; default globalThis.WebSocket).
+ *
+ * Events, via on(type, fn) which returns a function that removes fn:
+ *   "update"  {topic, seq, kind, state, data, ts, snapshot}
+ *   "status"  one of Status
+ *   "error"   {code, message, requestId, topics} from the gateway, or a ClientFailed
+ */
+export class ScorecastClient {
+  constructor(url, options = {}) {
+    const parsed = new URL(url);
+    if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") {
+      throw new TypeError(`a gateway URL is ws://HOST[:PORT]/ws or wss://..., not ${url}`);
+    }
+    this.url = url;
+    this.token = options.token ?? null;
+    this.backoff = { minDelay: 500, maxDelay: 20000, factor: 2, ...options.backoff };
+    this.pingInterval = options.pingInterval ?? null;
+    this.pingTimeout = options.pingTimeout ?? null;
+    this.openTimeout = options.openTimeout ?? 10000;
+    this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    this.state = new ClientState(options.topics ?? [], options);
+    this.status = Status.CLOSED;
+    this.reconnects = 0;
+    this.failure = null;
+    this._listeners = { update: new Set(), status: new Set(), error: new Set() };
+    this._ws = null;
+    this._attempt = 0;
+    this._timers = new Set();
+    this._hintAt = null;
+    this._closing = true;
+  }
+
+  on(type, listener) {
+    const listeners = this._listeners[type];
+    if (listeners === undefined) throw new TypeError(`no such event: ${type}`);
+    listeners.add(listener);
+    return () => listeners.delete(listener);
+  }
+
+  /** Connect, and keep reconnecting until close(). */
+  connect() {
+    if (!this._closing) return;
+    this._closing = false;
+    this.failure = null;
+    this._setStatus(Status.CONNECTING);
+    this._open();
+  }
+
+  close() {
+    this._closing = true;
+    this._clearTimers();
+    this._drop(1000, "client closing");
+    this._setStatus(Status.CLOSED);
+  }
+
+  subscribe(...topics) {
+    this._send(this.state.subscribe(topics));
+  }
+
+  unsubscribe(...topics) {
+    this._send(this.state.unsubscribe(topics));
+  }
+
+  view(topic) {
+    return this.state.view(topic);
+  }
+
+  get(topic) {
+    return this.state.view(topic)?.state ?? null;
+  }
+
+  get topics() {
+    return this.state.topics;
+  }
+
+  // --- one connection ------------------------------------------------------------
+
+  async _open() {
+    let token = this.token;
+    try {
+      if (typeof token === "function") token = await token();
+    } catch (error) {
+      this._emit("error", error);
+      this._retry();
+      return;
+    }
+    if (this._closing) return;
+    const url = new URL(this.url);
+    if (token) url.searchParams.set("token", token);
+    let ws;
+    try {
+      ws = new this.WebSocket(url.toString());
+    } catch (error) {
+      this._fail(new ClientFailed(`cannot open ${this.url}: ${error.message}`));
+      return;
+    }
+    this._ws = ws;
+    this._hintAt = null;
+    ws.onopen = () => this._send(this.state.connectionMade());
+    ws.onmessage = (event) => this._onFrame(event.data);
+    ws.onclose = (event) => this._lost(ws, event.code, event.reason);
+    ws.onerror = () => {}; // a close event always follows
+    this._later(this.openTimeout, () => {
+      if (ws === this._ws && ws.readyState === 0) this._drop(1000, "open timeout");
+    });
+  }
+
+  _onFrame(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      this.state.counters.badFrames++;
+      return;
+    }
+    for (const output of this.state.receive(message)) {
+      switch (output.type) {
+        case "update":
+          this._emit("update", output);
+          break;
+        case "send":
+          this._send([output]);
+          break;
+        case "welcomed":
+          this._attempt = 0;
+          this._setStatus(Status.CONNECTED);
+          this._startHeartbeat();
+          break;
+        case "reconnectHint":
+          this._hintAt = Date.now() + output.afterMs;
+          this._setStatus(Status.DRAINING);
+          // leave at the hinted time if the gateway has not closed by then
+          this._later(output.afterMs, () => this._drop(1000, "reconnecting as asked"));
+          break;
+        case "gatewayError":
+          this._emit("error", output);
+          break;
+      }
+    }
+  }
+
+  _startHeartbeat() {
+    const interval = this.pingInterval ?? (this.state.heartbeat ?? 20) * 1000;
+    const timeout = this.pingTimeout ?? interval;
+    const beat = () => {
+      if (this._ws === null || this._ws.readyState !== 1) return;
+      const now = Date.now();
+      if (this.state.pingOverdue(now, timeout)) {
+        this._drop(1000, "heartbeat timeout");
+        return;
+      }
+      this._send([this.state.ping(now)]);
+      this._later(interval, beat);
+    };
+    this._later(interval, beat);
+  }
+
+  /** Close the socket now and go on as if the gateway had closed it. */
+  _drop(code, reason) {
+    const ws = this._ws;
+    if (ws === null) return;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    try {
+      ws.close(code, reason);
+    } catch {
+      // already closing
+    }
+    this._lost(ws, code, reason);
+  }
+
+  _lost(ws, code, reason) {
+    if (ws !== this._ws) return;
+    this._ws = null;
+    this.state.connectionLost();
+    this._clearTimers();
+    if (this._closing) return;
+    if (code === 1008) {
+      this._fail(new ClientFailed(`gateway refused this client (1008 policy): ${reason}`));
+      return;
+    }
+    if (this._hintAt !== null) {
+      this._setStatus(Status.DRAINING);
+      this._later(Math.max(0, this._hintAt - Date.now()), () => this._reopen());
+    } else {
+      this._retry();
+    }
+  }
+
+  _retry() {
+    this._setStatus(Status.RECONNECTING);
+    const delay = backoffDelay(this._attempt++, this.backoff);
+    this._later(delay, () => this._reopen());
+  }
+
+  _reopen() {
+    if (this._closing) return;
+    this.reconnects++;
+    this._open();
+  }
+
+  _fail(error) {
+    this.failure = error;
+    this._closing = true;
+    this._clearTimers();
+    this._setStatus(Status.CLOSED);
+    this._emit("error", error);
+  }
+
+  _send(frames) {
+    const ws = this._ws;
+    if (ws === null || ws.readyState !== 1) return; // sent on the next connection
+    for (const frame of frames) ws.send(JSON.stringify(frame.message));
+  }
+
+  _later(ms, fn) {
+    const timer = setTimeout(() => {
+      this._timers.delete(timer);
+      fn();
+    }, ms);
+    this._timers.add(timer);
+  }
+
+  _clearTimers() {
+    for (const timer of this._timers) clearTimeout(timer);
+    this._timers.clear();
+  }
+
+  _setStatus(status) {
+    if (status === this.status) return;
+    this.status = status;
+    this._emit("status", status);
+  }
+
+  _emit(type, value) {
+    for (const listener of this._listeners[type]) {
+      try {
+        listener(value);
+      } catch (error) {
+        console.error(`scorecast: a "${type}" listener threw`, error);
+      }
+    }
+  }
+}
