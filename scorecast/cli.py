@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
         run_loop(
             run_simulator(
-                args.nats[0] if len(args.nats) == 1 else list(args.nats),
+                list(args.nats),
                 matches=args.matches,
                 minute_seconds=args.minute_seconds,
                 seed=args.seed,

@@ -1,0 +1,104 @@
+"""Errors of the publishers, split by who is at fault.
+
+::
+
+    ScorecastError                  (protocol.errors)
+    └── PublishError                root of this package
+        ├── FeedError               the feed sent something we refuse
+        │   ├── InvalidFeed         items that break the feed format (all of them, by index)
+        │   ├── FeedIdConflict      a feed id already names an event of another topic
+        │   └── EnvelopeTooLarge    the event with the topic's full state exceeds max_payload
+        └── BackendError            NATS/JetStream failed us; never the feed's fault
+            ├── JetStreamUnavailable  not connected, no answer, or no SCORES stream
+            ├── TopicContended      still losing the race for a topic after every attempt
+            ├── CorruptTopic        the newest message of a topic is not an envelope
+            └── StreamConfigError   the server refused the SCORES stream configuration
+
+``JetStreamUnavailable`` and ``TopicContended`` are transient: retrying the same
+events with the same feed ids later stores each of them once.
+"""
+
+from __future__ import annotations
+
+from protocol.errors import ScorecastError
+
+__all__ = [
+    "BackendError",
+    "CorruptTopic",
+    "EnvelopeTooLarge",
+    "FeedError",
+    "FeedIdConflict",
+    "InvalidFeed",
+    "JetStreamUnavailable",
+    "PublishError",
+    "StreamConfigError",
+    "TopicContended",
+]
+
+
+class PublishError(ScorecastError):
+    """Root of every error the publishers raise on purpose."""
+
+
+class FeedError(PublishError):
+    """The feed (an HTTP client, a recorded file) sent something we refuse."""
+
+
+class InvalidFeed(FeedError):
+    """One or more items break the feed format.
+
+    ``problems`` lists ``(index, reason)`` for every bad item; ``index`` is the
+    item's position (a line number for files), ``None`` for the body as a whole.
+    """
+
+    def __init__(self, problems: list[tuple[int | None, str]]) -> None:
+        super().__init__("; ".join(f"{index}: {reason}" for index, reason in problems[:5]))
+        self.problems = problems
+
+
+class FeedIdConflict(FeedError):
+    """A feed id was already used, within the duplicate window, on another topic."""
+
+    def __init__(self, feed_id: str, topic: str, other_topic: str) -> None:
+        super().__init__(f"feed id {feed_id!r} already names an event of {other_topic!r}")
+        self.feed_id = feed_id
+        self.topic = topic
+        self.other_topic = other_topic
+
+
+class EnvelopeTooLarge(FeedError):
+    """The envelope (patch plus the topic's full state) exceeds the NATS max_payload."""
+
+    def __init__(self, topic: str, size: int) -> None:
+        super().__init__(f"the event of {topic!r} would be {size} bytes, over the NATS limit")
+        self.topic = topic
+        self.size = size
+
+
+class BackendError(PublishError):
+    """NATS or JetStream failed us."""
+
+
+class JetStreamUnavailable(BackendError):
+    """Not connected, no answer in time, or no SCORES stream: retry later."""
+
+
+class TopicContended(BackendError):
+    """Other publishers kept writing the topic; gave up after ``attempts`` tries."""
+
+    def __init__(self, topic: str, attempts: int) -> None:
+        super().__init__(f"topic {topic!r} still contended after {attempts} attempts")
+        self.topic = topic
+        self.attempts = attempts
+
+
+class CorruptTopic(BackendError):
+    """The newest message of a topic is not an envelope, so its seq is unknown."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        super().__init__(f"newest message of {topic!r} is not an envelope: {reason}")
+        self.topic = topic
+
+
+class StreamConfigError(BackendError):
+    """The server refused to create or update the SCORES stream."""

@@ -1,0 +1,132 @@
+"""The feed item format, shared by ``scorecast ingest`` and ``scorecast replay``.
+
+One item is a JSON object::
+
+    {"topic": "match.4711", "kind": "goal", "data": {...}, "id": "feed-123"}
+
+- ``topic``: a topic of PROTOCOL.md section 1;
+- ``kind``: 1 to 64 characters;
+- ``data``: a JSON object, the merge patch against the topic's current state;
+- ``id`` (optional): the feed's event id, 1 to 256 printable ASCII characters
+  without surrounding spaces; it becomes ``Nats-Msg-Id``, so the same item
+  sent twice within two minutes is stored once;
+- recorded feeds only: ``at`` (seconds since the start of the recording) or
+  ``ts`` (seconds since the epoch) for pacing the replay.
+
+Other fields are ignored. A batch is a JSON object, a JSON array of objects,
+or NDJSON (one object per line, blank lines skipped). Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from protocol.topics import is_valid_topic
+from publishers.errors import InvalidFeed
+
+__all__ = [
+    "MAX_ID_LENGTH",
+    "MAX_KIND_LENGTH",
+    "FeedEvent",
+    "Unreadable",
+    "check_batch",
+    "check_item",
+    "parse_line",
+    "split_batch",
+]
+
+MAX_KIND_LENGTH = 64
+MAX_ID_LENGTH = 256
+_FEED_ID = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEvent:
+    topic: str
+    kind: str
+    data: dict[str, Any]
+    id: str | None = None
+    at: float | None = None  # recorded feeds: offset from the recording's start
+    ts: float | None = None  # recorded feeds: wall clock of the recording
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A line of an NDJSON body that is not JSON; reported, never published."""
+
+    reason: str
+
+
+def split_batch(body: bytes) -> list[Any]:
+    """The items of a body: a JSON object, a JSON array, or NDJSON lines."""
+    try:
+        value = orjson.loads(body) if body.strip() else []
+    except orjson.JSONDecodeError:
+        return [parse_line(line) for line in body.splitlines() if line.strip()]
+    return value if isinstance(value, list) else [value]
+
+
+def parse_line(line: bytes) -> Any:
+    """One NDJSON line as a JSON value, or Unreadable saying why not."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return Unreadable(f"not JSON: {exc}")
+
+
+def check_batch(items: list[Any], *, paced: bool = False) -> list[FeedEvent]:
+    """Every item as a FeedEvent, or InvalidFeed listing every bad one by index."""
+    events: list[FeedEvent] = []
+    problems: list[tuple[int | None, str]] = []
+    for index, item in enumerate(items):
+        try:
+            events.append(check_item(item, paced=paced))
+        except ValueError as exc:
+            problems.append((index, str(exc)))
+    if problems:
+        raise InvalidFeed(problems)
+    return events
+
+
+def check_item(item: Any, *, paced: bool = False) -> FeedEvent:
+    """One item as a FeedEvent; ValueError saying what is wrong otherwise."""
+    if isinstance(item, Unreadable):
+        raise ValueError(item.reason)
+    if not isinstance(item, dict):
+        raise ValueError("an event must be a JSON object")
+    topic = item.get("topic")
+    if not is_valid_topic(topic):
+        raise ValueError(f"invalid topic {str(topic)[:60]!r}")
+    kind = item.get("kind")
+    if not isinstance(kind, str) or not 1 <= len(kind) <= MAX_KIND_LENGTH:
+        raise ValueError(f"'kind' must be a string of 1 to {MAX_KIND_LENGTH} characters")
+    data = item.get("data")
+    if not isinstance(data, dict):
+        raise ValueError("'data' must be a JSON object (a merge patch)")
+    feed_id = item.get("id")
+    if feed_id is not None and not (
+        isinstance(feed_id, str) and len(feed_id) <= MAX_ID_LENGTH and _FEED_ID.fullmatch(feed_id)
+    ):
+        raise ValueError(
+            f"'id' must be 1 to {MAX_ID_LENGTH} printable ASCII characters, "
+            "not starting or ending with a space"
+        )
+    if not paced:
+        return FeedEvent(topic, kind, data, feed_id)
+    return FeedEvent(topic, kind, data, feed_id, _seconds(item, "at"), _seconds(item, "ts"))
+
+
+def _seconds(item: dict[str, Any], key: str) -> float | None:
+    value = item.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"'{key}' must be a number of seconds")
+    if value < 0:
+        raise ValueError(f"'{key}' must not be negative")
+    return float(value)
