@@ -25,6 +25,7 @@ from pathlib import Path
 import orjson
 
 from gateway.settings import GatewaySettings
+from scorecast.logs import JsonFormatter, setup_logging
 from scorecast.natsserver import free_port
 
 __all__ = ["read_figures", "run_workers", "write_figures"]
@@ -54,12 +55,19 @@ def read_figures(folder: str, own: dict) -> list[dict]:
     return figures
 
 
-def _worker(settings: GatewaySettings, level: int) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def _worker(settings: GatewaySettings, level: str, form: str) -> None:
+    setup_logging(level, form)
     from gateway.server import run_gateway
     from scorecast.cli import run_loop
 
     run_loop(run_gateway(settings))
+
+
+def _logging_setup() -> tuple[str, str]:
+    """The supervisor's log level and format, for the workers to log alike."""
+    root = logging.getLogger()
+    json_lines = any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
+    return logging.getLevelName(root.level), "json" if json_lines else "text"
 
 
 def run_workers(settings: GatewaySettings) -> int:
@@ -81,7 +89,7 @@ def run_workers(settings: GatewaySettings) -> int:
         )
         process = context.Process(
             target=_worker,
-            args=(worker_settings, logging.getLogger().level),
+            args=(worker_settings, *_logging_setup()),
             name=f"scorecast-gateway-{index}",
         )
         process.start()

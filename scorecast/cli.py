@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
+
+from scorecast.logs import setup_logging
 
 __all__ = ["main"]
 
@@ -42,6 +43,10 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() in ("", "none", "0") else int(text)
 
 
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("", "none", "0") else float(text)
+
+
 def _add_nats(flags: _Flags) -> None:
     flags("--nats", (DEFAULT_NATS,), _csv, help="NATS URL(s), comma-separated for a cluster")
 
@@ -53,7 +58,17 @@ def _add_stream(flags: _Flags) -> None:
 
 def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scorecast", description=__doc__)
-    parser.add_argument("--log-level", default=environ.get("SCORECAST_LOG_LEVEL", "info"))
+    parser.add_argument(
+        "--log-level",
+        default=environ.get("SCORECAST_LOG_LEVEL", "info"),
+        help="debug, info, warning, error [SCORECAST_LOG_LEVEL, default: info]",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=environ.get("SCORECAST_LOG_FORMAT", "json"),
+        choices=("json", "text"),
+        help="JSON lines or human-readable text [SCORECAST_LOG_FORMAT, default: json]",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     gateway = _Flags(commands.add_parser("gateway", help="serve WebSocket clients"), environ)
@@ -111,7 +126,14 @@ def _add_gateway(flags: _Flags) -> None:
     flags("--jwt-secret", None, help="HS256 secret; tokens required when set")
     flags("--jwt-public-key", None, help="RS256/ES256 public key file (PEM)")
     flags("--allowed-origins", (), _csv, help="allowed Origin values, comma-separated")
+    flags("--handshake-timeout", 10.0, float, help="seconds to complete the opening handshake")
+    flags("--messages-per-second", 20.0, float, help="client messages per second, sustained")
+    flags("--message-burst", 40, int, help="client messages allowed in a burst")
+    flags("--max-malformed-per-minute", 10, int, help="malformed messages forgiven per minute")
+    flags("--connections-per-second", None, _optional_float, help="new connections per second")
+    flags("--connections-per-ip-per-second", None, _optional_float, help="per client address")
     flags("--drain-window", 10.0, float, help="seconds over which a drain spreads reconnects")
+    flags("--drain-deadline", 30.0, float, help="seconds after SIGTERM before exiting anyway")
 
 
 def gateway_settings(args: argparse.Namespace):
@@ -133,11 +155,7 @@ def run_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level, args.log_format)
     if args.command == "gateway":
         settings = gateway_settings(args)
         if settings.workers > 1:

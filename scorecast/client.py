@@ -1,0 +1,499 @@
+"""The Python asyncio client: a local, always-consistent view of topics.
+
+::
+
+    async with ScorecastClient("ws://127.0.0.1:8080/ws", topics=["match.4711"]) as client:
+        async for update in client.updates():
+            print(update.topic, update.seq, update.kind, update.state)
+
+The state logic lives in :mod:`scorecast.client_state` (sans-I/O); this module
+owns the socket, the clocks and the retries:
+
+- connects with a token (``Authorization: Bearer`` by default, ``?token=`` on
+  request), resubscribes every topic on each new connection with ``since`` =
+  the last position it holds, so a reconnect loses and repeats nothing;
+- retries with exponential backoff and full jitter, waiting at least as long
+  as a ``Retry-After`` on HTTP 429/503 and exactly as long as a ``reconnect``
+  hint says when a gateway drains;
+- sends application ``ping`` heartbeats and drops a connection whose pongs
+  stop coming.
+
+Errors::
+
+    ScorecastError (protocol.errors)
+    └── ClientFailed   the client stopped for good: credentials refused,
+                       origin refused (1008), or a URL it cannot use
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import inspect
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from protocol.errors import CloseCode, ScorecastError
+from scorecast.client_state import (
+    ClientState,
+    GatewayError,
+    ReconnectHint,
+    Send,
+    TopicView,
+    Update,
+    Welcomed,
+)
+
+__all__ = [
+    "Backoff",
+    "ClientFailed",
+    "ScorecastClient",
+    "Status",
+    "TopicView",
+    "Update",
+    "run_watch",
+]
+
+log = logging.getLogger("scorecast.client")
+
+TokenSource = str | Callable[[], str | Awaitable[str]] | None
+_CLOSED = object()
+
+
+class ClientFailed(ScorecastError):
+    """The client stopped for good; ``status`` is the HTTP status or close code."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Status(enum.StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter: uniform(0, min(max, min * factor**n))."""
+
+    min_delay: float = 0.5
+    max_delay: float = 20.0
+    factor: float = 2.0
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        ceiling = min(self.max_delay, self.min_delay * self.factor ** min(attempt, 64))
+        return (rng or random).uniform(0, ceiling)
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+class ScorecastClient:
+    """One connection to a gateway, kept alive, and a view per topic.
+
+    ``token`` is a JWT string, or a callable (sync or async) that returns a
+    fresh one for each connection attempt; with a callable, a refused token
+    is retried, with a string it stops the client. ``on_update(update)`` and
+    ``on_status(status)`` are called on the event loop: keep them quick.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: TokenSource = None,
+        topics: Iterable[str] = (),
+        on_update: Callable[[Update], Any] | None = None,
+        on_status: Callable[[Status], Any] | None = None,
+        on_error: Callable[[GatewayError], Any] | None = None,
+        token_in_query: bool = False,
+        backoff: Backoff = Backoff(),
+        ping_interval: float | None = None,
+        ping_timeout: float | None = None,
+        open_timeout: float = 10.0,
+        max_message_size: int | None = 4 * 1024 * 1024,
+        max_queue: int = 10_000,
+        max_topics_per_request: int | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"a gateway URL is ws://HOST[:PORT]/ws or wss://..., not {url!r}")
+        self.url = url
+        self.token = token
+        self.token_in_query = token_in_query
+        self.backoff = backoff
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.open_timeout = open_timeout
+        self.max_message_size = max_message_size
+        self.max_queue = max_queue
+        self.on_update, self.on_status, self.on_error = on_update, on_status, on_error
+        self.state = ClientState(topics, max_topics_per_request=max_topics_per_request)
+        self.status = Status.CLOSED
+        self.reconnects = 0
+        self.dropped_updates = 0
+        # the last handshake refusal: (HTTP status, Retry-After seconds or None)
+        self.last_refusal: tuple[int, float | None] | None = None
+        self.failure: ClientFailed | None = None
+        self._ws: ClientConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._queues: set[asyncio.Queue[Any]] = set()
+        self._tick = asyncio.Event()
+        self._closing = False
+
+    # --- lifecycle ------------------------------------------------------------
+
+    async def __aenter__(self) -> ScorecastClient:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Connect in the background; reconnects until ``close()``."""
+        if self._task is None:
+            self._closing = False
+            self._set_status(Status.CONNECTING)
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        self._closing = True
+        task, self._task = self._task, None
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close(CloseCode.NORMAL, "client closing")
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ClientFailed):
+                await task
+        self._set_status(Status.CLOSED)
+        self._wake(_CLOSED)
+
+    async def wait_closed(self) -> None:
+        """Wait until the client stops; raises :class:`ClientFailed` if it failed."""
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._task)
+        if self.failure is not None:
+            raise self.failure
+
+    # --- topics ---------------------------------------------------------------
+
+    async def subscribe(self, *topics: str) -> None:
+        """Hold ``topics``: a snapshot (or a resume) and then live updates."""
+        await self._send(self.state.subscribe(topics))
+
+    async def unsubscribe(self, *topics: str) -> None:
+        """Stop ``topics`` and forget their state."""
+        await self._send(self.state.unsubscribe(topics))
+
+    def view(self, topic: str) -> TopicView | None:
+        """The local view of ``topic`` (``seq`` None until its first snapshot)."""
+        return self.state.view(topic)
+
+    def get(self, topic: str) -> Any:
+        """The current state of ``topic``, or None."""
+        view = self.state.view(topic)
+        return None if view is None else view.state
+
+    @property
+    def topics(self) -> list[str]:
+        return self.state.topics
+
+    # --- consuming updates ------------------------------------------------------
+
+    def updates(self) -> AsyncIterator[Update]:
+        """Every update from now on, in order, until ``close()``.
+
+        Each iterator has its own queue of at most ``max_queue`` updates; when
+        a consumer falls that far behind, its oldest updates are dropped
+        (counted in ``dropped_updates``): the views stay exact regardless.
+        """
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queues.add(queue)
+        return self._drain(queue)
+
+    async def _drain(self, queue: asyncio.Queue[Any]) -> AsyncIterator[Update]:
+        try:
+            while True:
+                if (self._closing or self.failure is not None) and queue.empty():
+                    item = _CLOSED
+                else:
+                    item = await queue.get()
+                if item is _CLOSED:
+                    if self.failure is not None:
+                        raise self.failure
+                    return
+                yield item
+        finally:
+            self._queues.discard(queue)
+
+    async def wait_for(
+        self, topic: str, predicate: Callable[[TopicView], bool], timeout: float = 10.0
+    ) -> TopicView:
+        """Wait until ``predicate(view)`` holds for ``topic``; TimeoutError if not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            tick = self._tick
+            view = self.state.view(topic)
+            if view is not None and view.seq is not None and predicate(view):
+                return view
+            if self.failure is not None:
+                raise self.failure
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{topic}: condition not met within {timeout} s; view {view}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tick.wait(), remaining)
+
+    # --- the connection loop ------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        try:
+            while not self._closing:
+                delay: float | None = None
+                hinted = False
+                try:
+                    ws = await self._connect()
+                except InvalidStatus as exc:
+                    delay = self._refused(exc, attempt)
+                except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+                    log.info("connecting to %s failed: %s", self.url, exc)
+                else:
+                    delay, welcomed = await self._session(ws)
+                    hinted = delay is not None
+                    attempt = 0 if welcomed else attempt
+                if self._closing:
+                    break
+                if delay is None:
+                    delay = self.backoff.delay(attempt)
+                    attempt += 1
+                self._set_status(Status.DRAINING if hinted else Status.RECONNECTING)
+                await asyncio.sleep(delay)
+                self.reconnects += 1
+        except ClientFailed as exc:
+            # no re-raise: nobody may await this task; wait_closed() and
+            # updates() raise it to whoever listens
+            self.failure = exc
+            log.error("scorecast client stopped: %s", exc)
+            self._set_status(Status.CLOSED)
+            self._wake(_CLOSED)
+
+    def _refused(self, exc: InvalidStatus, attempt: int) -> float | None:
+        response = exc.response
+        status = response.status_code
+        why = response.body.decode(errors="replace").strip()[:200] if response.body else ""
+        if status in (401, 403) and not callable(self.token):
+            raise ClientFailed(f"gateway refused the credentials: HTTP {status} {why}", status)
+        wait = retry_after(response.headers.get("Retry-After"))
+        self.last_refusal = (status, wait)
+        log.info("gateway answered HTTP %s %s; retry after %s", status, why, wait)
+        if wait is None:
+            return None  # backoff
+        return max(wait, self.backoff.delay(attempt))
+
+    async def _connect(self) -> ClientConnection:
+        url, headers = self.url, {}
+        token = self.token() if callable(self.token) else self.token
+        if inspect.isawaitable(token):
+            token = await token
+        if token and self.token_in_query:
+            parts = urlsplit(url)
+            query = [*parse_qsl(parts.query), ("token", token)]
+            url = urlunsplit(parts._replace(query=urlencode(query)))
+        elif token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            return await connect(
+                url,
+                additional_headers=headers,
+                compression=None,
+                open_timeout=self.open_timeout,
+                ping_interval=None,  # heartbeats are application pings, below
+                close_timeout=2,
+                max_size=self.max_message_size,
+            )
+        except InvalidURI as exc:
+            raise ClientFailed(str(exc)) from None
+
+    async def _session(self, ws: ClientConnection) -> tuple[float | None, bool]:
+        """Serve one connection; (seconds a reconnect hint asks to wait, welcomed)."""
+        self._ws = ws
+        hint_at: float | None = None
+        welcomed = False
+        helpers: list[asyncio.Task[None]] = []
+        try:
+            await self._send(self.state.connection_made())
+            helpers.append(asyncio.create_task(self._heartbeat(ws)))
+            async for raw in ws:
+                try:
+                    message = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    self.state.counters.bad_frames += 1
+                    continue
+                for output in self.state.receive(message):
+                    if isinstance(output, Update):
+                        self._deliver(output)
+                    elif isinstance(output, Send):
+                        await ws.send(orjson.dumps(output.message).decode())
+                    elif isinstance(output, Welcomed):
+                        welcomed = True
+                        self._set_status(Status.CONNECTED)
+                    elif isinstance(output, ReconnectHint):
+                        hint_at = time.monotonic() + output.after_ms / 1000
+                        log.info(
+                            "gateway draining (%s): reconnect in %d ms",
+                            output.reason,
+                            output.after_ms,
+                        )
+                        self._set_status(Status.DRAINING)
+                        helpers.append(asyncio.create_task(self._leave(ws, output.after_ms)))
+                    elif isinstance(output, GatewayError):
+                        self._report(output)
+        except ConnectionClosed:
+            pass
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            self._ws = None
+            self.state.connection_lost()
+        self._check_close(ws)
+        return (None if hint_at is None else max(0.0, hint_at - time.monotonic())), welcomed
+
+    def _check_close(self, ws: ClientConnection) -> None:
+        code, reason = ws.close_code, ws.close_reason
+        if self._closing:
+            return
+        log.info("connection closed: %s %s", code, reason)
+        if code == CloseCode.POLICY:
+            raise ClientFailed(f"gateway refused this client (1008 policy): {reason}", code)
+
+    async def _leave(self, ws: ClientConnection, after_ms: int) -> None:
+        """A draining gateway closes soon; leave at the hinted time if it has not."""
+        await asyncio.sleep(after_ms / 1000)
+        await ws.close(CloseCode.NORMAL, "reconnecting as the gateway asked")
+
+    async def _heartbeat(self, ws: ClientConnection) -> None:
+        while True:
+            interval = self.ping_interval or self.state.heartbeat or 20.0
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if self.state.ping_overdue(now, self.ping_timeout or interval):
+                log.info("no pong within %.1f s: reconnecting", self.ping_timeout or interval)
+                await ws.close(CloseCode.NORMAL, "heartbeat timeout")
+                return
+            await ws.send(orjson.dumps(self.state.ping(now).message).decode())
+
+    async def _send(self, frames: list[Send]) -> None:
+        ws = self._ws
+        if ws is None:
+            return  # sent on the next connection, with the rest
+        for frame in frames:
+            try:
+                await ws.send(orjson.dumps(frame.message).decode())
+            except ConnectionClosed:
+                return  # the session ends; connection_made resends everything
+
+    # --- fan-out to the application -------------------------------------------
+
+    def _deliver(self, update: Update) -> None:
+        self._wake(update)
+        if self.on_update is not None:
+            try:
+                self.on_update(update)
+            except Exception:
+                log.exception("on_update raised; the client goes on")
+
+    def _wake(self, item: Any) -> None:
+        tick, self._tick = self._tick, asyncio.Event()
+        tick.set()
+        for queue in self._queues:
+            if item is not _CLOSED and queue.qsize() >= self.max_queue:
+                queue.get_nowait()
+                self.dropped_updates += 1
+            queue.put_nowait(item)
+
+    def _report(self, error: GatewayError) -> None:
+        log.warning("gateway error %s: %s %s", error.code, error.message, error.topics or "")
+        if self.on_error is not None:
+            try:
+                self.on_error(error)
+            except Exception:
+                log.exception("on_error raised; the client goes on")
+
+    def _set_status(self, status: Status) -> None:
+        if status is self.status:
+            return
+        self.status = status
+        if self.on_status is not None:
+            try:
+                self.on_status(status)
+            except Exception:
+                log.exception("on_status raised; the client goes on")
+
+
+async def run_watch(
+    url: str,
+    topics: list[str],
+    *,
+    token: str | None = None,
+    count: int | None = None,
+    seconds: float | None = 300.0,
+    out: Callable[[str], Any] = print,
+) -> int:
+    """``scorecast watch``: print each update as one JSON line; stop after
+    ``count`` updates or ``seconds`` (None: no limit). Exit status 0, or 1
+    when the gateway refused the client for good."""
+    if not topics:
+        raise ValueError("name at least one topic to watch, e.g. football.live")
+    seen = 0
+    async with ScorecastClient(url, token=token, topics=topics) as client:
+        try:
+            async with asyncio.timeout(seconds):
+                async for update in client.updates():
+                    line = {
+                        "topic": update.topic,
+                        "seq": update.seq,
+                        "kind": update.kind,
+                        "ts": update.ts,
+                        "data": update.data,
+                        "state": update.state,
+                    }
+                    out(orjson.dumps(line).decode())
+                    seen += 1
+                    if count is not None and seen >= count:
+                        break
+        except TimeoutError:
+            pass
+        except ClientFailed as exc:
+            out(orjson.dumps({"error": str(exc), "status": exc.status}).decode())
+            return 1
+    return 0
