@@ -156,11 +156,20 @@ class RawClient:
         return cls(reader, writer)
 
     async def send(self, message: dict) -> None:
-        payload = orjson.dumps(message)
+        await self.send_frame(0x1, orjson.dumps(message))
+
+    async def send_frame(self, opcode: int, payload: bytes) -> None:
+        """One masked frame with any opcode and payload, valid or not."""
         mask = os.urandom(4)
         masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
-        assert len(payload) < 126
-        self.writer.write(bytes((0x81, 0x80 | len(payload))) + mask + masked)
+        size = len(payload)
+        if size < 126:
+            header = bytes((0x80 | opcode, 0x80 | size))
+        elif size < 65536:
+            header = bytes((0x80 | opcode, 0x80 | 126)) + size.to_bytes(2)
+        else:
+            header = bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8)
+        self.writer.write(header + mask + masked)
         await self.writer.drain()
 
     async def read_frame(self) -> dict | None:
