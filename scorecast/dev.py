@@ -10,10 +10,9 @@ import shutil
 import signal
 import tempfile
 
-from publishers.simulator import run_simulator
-
 from gateway.server import Gateway
 from gateway.settings import GatewaySettings
+from publishers.simulator import run_simulator
 from scorecast.natsserver import NatsServer
 
 __all__ = ["run_dev"]
