@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,15 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 test: lint
+	node --test tests/js/
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# System packages the browser test needs (Debian's Chromium; never a browser
+# download). CI runs this as root before `make test`.
+system-deps:
+	command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs; }
+	[ -x /usr/bin/chromium ] || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core; }
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

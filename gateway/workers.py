@@ -11,6 +11,7 @@ siblings once a second; any worker's ``/metrics`` sums the whole group.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import multiprocessing
@@ -33,6 +34,7 @@ __all__ = ["read_figures", "run_workers", "write_figures"]
 log = logging.getLogger("scorecast.workers")
 
 RESTART_DELAY = 1.0
+PR_SET_PDEATHSIG = 1
 
 
 def write_figures(folder: str, figures: dict) -> None:
@@ -55,7 +57,20 @@ def read_figures(folder: str, own: dict) -> list[dict]:
     return figures
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when the supervisor dies, even by
+    SIGKILL, so no orphan keeps serving the port."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the supervisor's signals still reach us
+        return
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker(settings: GatewaySettings, level: str, form: str) -> None:
+    _die_with_parent()
     setup_logging(level, form)
     from gateway.server import run_gateway
     from scorecast.cli import run_loop

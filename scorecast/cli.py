@@ -98,6 +98,15 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     _add_stream(replay)
     replay("--speed", 1.0, float, help="pace factor; 0 publishes as fast as possible")
 
+    watch = _Flags(
+        commands.add_parser("watch", help="print topics' updates as JSON lines"), environ
+    )
+    watch.parser.add_argument("topics", nargs="+")
+    watch("--url", "ws://127.0.0.1:8080/ws", help="gateway WebSocket URL")
+    watch("--token", None, help="JWT, sent as Authorization: Bearer")
+    watch("--count", None, _optional_int, help="stop after N updates")
+    watch("--seconds", 300.0, float, help="stop after this long (0: no limit)")
+
     dev = _Flags(commands.add_parser("dev", help="NATS + gateway + simulator, local"), environ)
     dev("--host", "127.0.0.1", help="gateway listen address")
     dev("--port", 8080, int, help="gateway port (0: a free one)")
@@ -208,6 +217,18 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         print(f"published {count} events")
+    elif args.command == "watch":
+        from scorecast.client import run_watch
+
+        return run_loop(
+            run_watch(
+                args.url,
+                args.topics,
+                token=args.token,
+                count=args.count,
+                seconds=args.seconds or None,
+            )
+        )
     elif args.command == "dev":
         from scorecast.dev import run_dev
 

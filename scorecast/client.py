@@ -288,7 +288,14 @@ class ScorecastClient:
                 except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
                     log.info("connecting to %s failed: %s", self.url, exc)
                 else:
-                    delay, welcomed = await self._session(ws)
+                    try:
+                        delay, welcomed = await self._session(ws)
+                    except (ClientFailed, asyncio.CancelledError):
+                        raise
+                    except Exception:  # a bug must not end the client: log, go on
+                        log.exception("connection to %s failed", self.url)
+                        await ws.close(CloseCode.INTERNAL_ERROR, "client error")
+                        delay, welcomed = None, False
                     hinted = delay is not None
                     attempt = 0 if welcomed else attempt
                 if self._closing:
@@ -311,8 +318,9 @@ class ScorecastClient:
         response = exc.response
         status = response.status_code
         why = response.body.decode(errors="replace").strip()[:200] if response.body else ""
-        if status in (401, 403) and not callable(self.token):
-            raise ClientFailed(f"gateway refused the credentials: HTTP {status} {why}", status)
+        if status == 403 or (status == 401 and not callable(self.token)):
+            # an origin refused, or a fixed token refused: retrying cannot help
+            raise ClientFailed(f"gateway refused this client: HTTP {status} {why}", status)
         wait = retry_after(response.headers.get("Retry-After"))
         self.last_refusal = (status, wait)
         log.info("gateway answered HTTP %s %s; retry after %s", status, why, wait)

@@ -377,6 +377,10 @@ export class ScorecastClient {
     this._timers = new Set();
     this._hintAt = null;
     this._closing = true;
+    if (typeof window !== "undefined" && typeof window.addEventListener === "function") {
+      // back online: try now rather than at the end of a long backoff
+      window.addEventListener("online", () => this._reconnectNow());
+    }
   }
 
   on(type, listener) {
@@ -539,6 +543,12 @@ export class ScorecastClient {
     this._setStatus(Status.RECONNECTING);
     const delay = backoffDelay(this._attempt++, this.backoff);
     this._later(delay, () => this._reopen());
+  }
+
+  _reconnectNow() {
+    if (this._closing || this._ws !== null) return;
+    this._clearTimers();
+    this._reopen();
   }
 
   _reopen() {
