@@ -92,6 +92,10 @@ async def test_workers_share_a_port_and_metrics_sum_the_group(nats_server, js, p
     processes.append(
         await asyncio.to_thread(start_gateway, nats_server.url, port, "--workers", "2")
     )
+    for _ in range(100):  # /readyz answered by one worker; wait for both
+        if (await asyncio.to_thread(metrics, port))["scorecast_workers"] == 2:
+            break
+        await asyncio.sleep(0.1)
     publisher = RawPublisher(js)
     await publisher.publish("match.20", {"minute": 0})
     clients = []
@@ -132,10 +136,12 @@ async def test_sigterm_drains_with_spread_hints_then_1012(nats_server, js, proce
     with pytest.raises(urllib.error.HTTPError) as caught:
         await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{port}/readyz")
     assert caught.value.code == 503
-    closed_at = []
-    for client in clients:
+
+    async def closed_after(client: Recorder) -> float:
         await asyncio.wait_for(client.ws.wait_closed(), 10)
-        closed_at.append(time.monotonic() - started)
+        return time.monotonic() - started
+
+    closed_at = await asyncio.gather(*(closed_after(client) for client in clients))
     for client in clients:
         assert client.close_code == 1012
         hint = [m for m in client.messages if m["type"] == "reconnect"]
