@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from protocol import STREAM_NAME
 from protocol.merge_patch import apply_patch
@@ -58,4 +60,27 @@ async def test_simulator_to_fifty_clients_in_order_and_gap_free(nats_server, gat
         assert {m["topic"] for m in client.messages if "topic" in m} == set(mine)
     events = sum(len(client.messages) for client, _ in clients)
     assert events > 50 * 5
+    figures = await asyncio.to_thread(scrape, gateway.port)
+    assert figures["scorecast_connections"] == 50
+    assert figures["scorecast_connections_opened_total"] == 50
+    assert figures["scorecast_topics"] == len(TOPICS)
+    assert figures["scorecast_messages_in_total"] >= sum(f["seq"] for f in final.values()) / 2
+    delivered = sum(m["type"] == "event" for client, _ in clients for m in client.messages)
+    assert figures["scorecast_deliveries_total"] == delivered
+    assert figures["scorecast_bytes_out_total"] > 0
+    assert figures["scorecast_publish_to_send_seconds_count"] > 0
+    assert figures["scorecast_snapshots_loaded_total"] == len(TOPICS)
+    assert figures["scorecast_nats_connected"] == 1
     await asyncio.gather(*(client.close() for client, _ in clients))
+
+
+def scrape(port: int) -> dict[str, float]:
+    """/metrics parsed with prometheus-client's own parser."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
