@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import nats
@@ -55,3 +56,19 @@ async def gateway(gateway_settings):
     await gw.start()
     yield gw
     await gw.stop()
+
+
+@pytest.fixture
+async def make_gateway(gateway_settings):
+    """Start gateways with settings changed from ``gateway_settings``."""
+    started: list[Gateway] = []
+
+    async def make(**changes) -> Gateway:
+        gw = Gateway(dataclasses.replace(gateway_settings, **changes))
+        await gw.start()
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        await gw.stop()

@@ -8,10 +8,12 @@ import contextlib
 import os
 import socket
 import time
+import urllib.request
 from typing import Any
 
 import orjson
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
 from protocol import STREAM_NAME
@@ -202,3 +204,16 @@ class RawClient:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """A gateway's /metrics, parsed with prometheus-client's own parser
+    (unlabelled samples only)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }

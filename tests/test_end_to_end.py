@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
 from protocol import STREAM_NAME
 from protocol.merge_patch import apply_patch
 from protocol.topics import subject_for
 from publishers.simulator import run_simulator
-from tests.support import Recorder, check_sequence, ws_url
+from tests.support import Recorder, check_sequence, scrape_metrics, ws_url
 
 MATCHES = [f"match.{1000 + n}" for n in range(6)]
 TOPICS = [*MATCHES, "football.live"]
@@ -60,7 +58,7 @@ async def test_simulator_to_fifty_clients_in_order_and_gap_free(nats_server, gat
         assert {m["topic"] for m in client.messages if "topic" in m} == set(mine)
     events = sum(len(client.messages) for client, _ in clients)
     assert events > 50 * 5
-    figures = await asyncio.to_thread(scrape, gateway.port)
+    figures = await asyncio.to_thread(scrape_metrics, gateway.port)
     assert figures["scorecast_connections"] == 50
     assert figures["scorecast_connections_opened_total"] == 50
     assert figures["scorecast_topics"] == len(TOPICS)
@@ -72,15 +70,3 @@ async def test_simulator_to_fifty_clients_in_order_and_gap_free(nats_server, gat
     assert figures["scorecast_snapshots_loaded_total"] == len(TOPICS)
     assert figures["scorecast_nats_connected"] == 1
     await asyncio.gather(*(client.close() for client, _ in clients))
-
-
-def scrape(port: int) -> dict[str, float]:
-    """/metrics parsed with prometheus-client's own parser."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if not sample.labels
-    }

@@ -4,7 +4,6 @@ connection, with a bystander checking that others kept receiving."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 
 import jwt
@@ -12,7 +11,6 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from gateway.server import Gateway
 from tests.support import RawPublisher, Recorder, ws_url
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
@@ -23,21 +21,6 @@ def token(exp_in: float = 60, topics: list[str] | None = None, secret: str = SEC
     if topics is not None:
         claims["topics"] = topics
     return jwt.encode(claims, secret, algorithm="HS256")
-
-
-@pytest.fixture
-async def make_gateway(gateway_settings):
-    started = []
-
-    async def make(**changes) -> Gateway:
-        gw = Gateway(dataclasses.replace(gateway_settings, **changes))
-        await gw.start()
-        started.append(gw)
-        return gw
-
-    yield make
-    for gw in started:
-        await gw.stop()
 
 
 async def refused(url: str, **kwargs):

@@ -12,10 +12,9 @@ import time
 import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from scorecast.natsserver import free_port
-from tests.support import RawPublisher, Recorder, check_sequence
+from tests.support import RawPublisher, Recorder, check_sequence, scrape_metrics
 
 
 def start_gateway(nats_url: str, port: int, *extra: str) -> subprocess.Popen:
@@ -33,17 +32,6 @@ def start_gateway(nats_url: str, port: int, *extra: str) -> subprocess.Popen:
             time.sleep(0.1)
     process.kill()
     raise TimeoutError("gateway did not become ready")
-
-
-def metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if not sample.labels
-    }
 
 
 @pytest.fixture
@@ -93,7 +81,7 @@ async def test_workers_share_a_port_and_metrics_sum_the_group(nats_server, js, p
         await asyncio.to_thread(start_gateway, nats_server.url, port, "--workers", "2")
     )
     for _ in range(100):  # /readyz answered by one worker; wait for both
-        if (await asyncio.to_thread(metrics, port))["scorecast_workers"] == 2:
+        if (await asyncio.to_thread(scrape_metrics, port))["scorecast_workers"] == 2:
             break
         await asyncio.sleep(0.1)
     publisher = RawPublisher(js)
@@ -110,7 +98,7 @@ async def test_workers_share_a_port_and_metrics_sum_the_group(nats_server, js, p
         await client.wait_for(lambda m: m.get("seq") == 2)
     assert len({client.messages[0]["node"] for client in clients}) == 2
     await asyncio.sleep(1.5)  # each worker publishes its figures once a second
-    figures = await asyncio.to_thread(metrics, port)
+    figures = await asyncio.to_thread(scrape_metrics, port)
     assert figures["scorecast_workers"] == 2
     assert figures["scorecast_connections"] == 40
     assert figures["scorecast_deliveries_total"] >= 40

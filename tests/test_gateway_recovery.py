@@ -5,32 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 
 import nats
 import orjson
-import pytest
 
 from gateway.server import Gateway
 from protocol import STREAM_NAME
 from protocol.merge_patch import apply_patch
 from protocol.topics import subject_for
 from tests.support import RawPublisher, Recorder, check_sequence, create_stream, ws_url
-
-
-@pytest.fixture
-async def make_gateway(gateway_settings):
-    started: list[Gateway] = []
-
-    async def make(**changes) -> Gateway:
-        gw = Gateway(dataclasses.replace(gateway_settings, **changes))
-        await gw.start()
-        started.append(gw)
-        return gw
-
-    yield make
-    for gw in started:
-        await gw.stop()
 
 
 async def subscribed(gw: Gateway, topics: list[str], since: dict | None = None) -> Recorder:

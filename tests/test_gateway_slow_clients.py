@@ -4,30 +4,12 @@ while fast clients on the same topic keep their full sequence."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-
-import pytest
 
 from gateway.server import Gateway
 from tests.support import RawClient, RawPublisher, Recorder, check_sequence, ws_url
 
 EVENTS = 600
 PAD = "x" * 8000  # 8 KB events: 4.8 MB in all, past the kernel's socket buffers
-
-
-@pytest.fixture
-async def make_gateway(gateway_settings):
-    started: list[Gateway] = []
-
-    async def make(**changes) -> Gateway:
-        gw = Gateway(dataclasses.replace(gateway_settings, **changes))
-        await gw.start()
-        started.append(gw)
-        return gw
-
-    yield make
-    for gw in started:
-        await gw.stop()
 
 
 async def setup(gw: Gateway, js):
