@@ -1,6 +1,14 @@
 """The broker port on a real NATS cluster: core subscriptions for live events,
 JetStream reads for snapshots and gap repair.
 
+Live events are followed on ``committed.scores.<topic>``, where the SCORES
+stream republishes each message once it is stored: a publish that JetStream
+refused (the loser of a race on expected-last-subject-sequence) is seen by
+plain ``scores.<topic>`` subscribers, never by these. A stream set up without
+that republish (by a publisher that knows only PROTOCOL.md) is detected, and
+the broker then follows ``scores.<topic>`` instead; it re-checks every few
+seconds and moves every subscription when the stream changes.
+
 nats-py runs a subscription's callback one message at a time; ours only
 decodes and hands the bytes to the node, which fans out synchronously. The
 pending limits are raised and ``error_cb`` is set so that a slow-consumer
@@ -21,14 +29,15 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from gateway.broker import MessageHandler
-from protocol import STREAM_NAME
+from protocol import COMMITTED_PREFIX, STREAM_NAME, SUBJECT_PREFIX
 from protocol.envelope import Envelope, InvalidEnvelope, decode_envelope
-from protocol.topics import subject_for, topic_of
+from protocol.topics import subject_for
 
 __all__ = ["NatsBroker"]
 
 log = logging.getLogger("scorecast.nats")
 
+STREAM_CHECK_INTERVAL = 5.0
 PENDING_MSGS = 1_000_000
 PENDING_BYTES = 512 * 1024 * 1024
 
@@ -52,6 +61,8 @@ class NatsBroker:
         self.js = None
         self.subscriptions: dict[str, Subscription] = {}
         self.reconnects = 0
+        self.live_prefix = COMMITTED_PREFIX
+        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -71,10 +82,46 @@ class NatsBroker:
             pending_size=64 * 1024 * 1024,
         )
         self.js = self.nc.jetstream(timeout=self.request_timeout)
+        await self._check_stream()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_stream())
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.close()
+
+    async def _check_stream(self) -> bool:
+        """Follow committed.scores.* when SCORES republishes there (or does not
+        exist yet: our publishers create it so); True when that changed."""
+        try:
+            config = (await self.js.stream_info(STREAM_NAME)).config
+        except NotFoundError:
+            return False
+        republish = config.republish
+        committed = republish is not None and republish.dest == COMMITTED_PREFIX + ">"
+        prefix = COMMITTED_PREFIX if committed else SUBJECT_PREFIX
+        if prefix == self.live_prefix:
+            return False
+        log.warning("SCORES stream: following %s* for live events", prefix)
+        self.live_prefix = prefix
+        return True
+
+    async def _watch_stream(self) -> None:
+        while True:
+            await asyncio.sleep(STREAM_CHECK_INTERVAL)
+            try:
+                changed = await self._check_stream()
+            except Exception as exc:
+                log.debug("stream check failed: %r", exc)
+                continue
+            if changed:
+                for topic in list(self.subscriptions):
+                    old = self.subscriptions.pop(topic)
+                    await self.subscribe(topic)
+                    await old.unsubscribe()
+                if self.on_resync is not None:
+                    await _maybe_await(self.on_resync(None))
 
     # --- live -----------------------------------------------------------------
 
@@ -87,7 +134,7 @@ class NatsBroker:
             deliver(topic, msg.data)
 
         self.subscriptions[topic] = await self.nc.subscribe(
-            subject_for(topic),
+            self.live_prefix + topic,
             cb=callback,
             pending_msgs_limit=PENDING_MSGS,
             pending_bytes_limit=PENDING_BYTES,
@@ -154,7 +201,7 @@ class NatsBroker:
     async def _error(self, error: Exception) -> None:
         if isinstance(error, SlowConsumerError) and self.on_resync is not None:
             log.warning("nats slow consumer on %s: re-syncing", error.subject)
-            await _maybe_await(self.on_resync(topic_of(error.subject)))
+            await _maybe_await(self.on_resync(error.subject.removeprefix(self.live_prefix)))
             return
         log.warning("nats error: %r", error)
 

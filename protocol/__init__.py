@@ -13,5 +13,9 @@ Pure data and pure functions: no I/O, no asyncio, no NATS, no websockets.
 PROTOCOL_VERSION = 1
 STREAM_NAME = "SCORES"
 SUBJECT_PREFIX = "scores."
+# JetStream republishes every message it stored to COMMITTED_PREFIX + topic.
+# Gateways follow those subjects, so a publish JetStream refused (a lost race
+# on expected-last-subject-sequence, a duplicate) never reaches a client.
+COMMITTED_PREFIX = "committed.scores."
 
-__all__ = ["PROTOCOL_VERSION", "STREAM_NAME", "SUBJECT_PREFIX"]
+__all__ = ["COMMITTED_PREFIX", "PROTOCOL_VERSION", "STREAM_NAME", "SUBJECT_PREFIX"]

@@ -33,10 +33,17 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, PubAck, RawStreamMsg, StorageType, StreamConfig
+from nats.js.api import (
+    DiscardPolicy,
+    PubAck,
+    RawStreamMsg,
+    RePublish,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
-from protocol import STREAM_NAME, SUBJECT_PREFIX
+from protocol import COMMITTED_PREFIX, STREAM_NAME, SUBJECT_PREFIX
 from protocol.envelope import InvalidEnvelope, decode_envelope, encode_envelope, message_id
 from protocol.merge_patch import apply_patch
 from protocol.topics import subject_for, topic_of
@@ -78,6 +85,8 @@ async def ensure_stream(js: JetStreamContext, *, history: int = 1000, replicas: 
         "max_msgs_per_subject": history,
         "duplicate_window": DUPLICATE_WINDOW,
         "num_replicas": replicas,
+        # stored messages only, for gateways (see protocol.COMMITTED_PREFIX)
+        "republish": RePublish(src=SUBJECT_PREFIX + ">", dest=COMMITTED_PREFIX + ">"),
     }
     try:
         for _ in range(3):
@@ -92,7 +101,7 @@ async def ensure_stream(js: JetStreamContext, *, history: int = 1000, replicas: 
                         continue  # another publisher created it meanwhile: compare with theirs
                     raise
             current = info.config
-            if any(getattr(current, key) != value for key, value in wanted.items()):
+            if any(_differs(getattr(current, key), value) for key, value in wanted.items()):
                 await js.update_stream(current.evolve(**wanted))
             return
     except ServiceUnavailableError as exc:
@@ -102,6 +111,12 @@ async def ensure_stream(js: JetStreamContext, *, history: int = 1000, replicas: 
     except nats.errors.Error as exc:
         raise JetStreamUnavailable(f"NATS: {exc!r}") from exc
     raise StreamConfigError(f"stream {STREAM_NAME} kept changing while being set up")
+
+
+def _differs(current: Any, wanted: Any) -> bool:
+    if isinstance(wanted, RePublish):
+        return current is None or (current.src, current.dest) != (wanted.src, wanted.dest)
+    return current != wanted
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,11 +12,11 @@ import urllib.request
 from typing import Any
 
 import orjson
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
-from protocol import STREAM_NAME
+from protocol import COMMITTED_PREFIX, STREAM_NAME
 from protocol.envelope import encode_envelope, message_id
 from protocol.merge_patch import apply_patch
 from protocol.topics import subject_for
@@ -31,6 +31,7 @@ async def create_stream(js, history: int = 1000) -> None:
             discard=DiscardPolicy.OLD,
             max_msgs_per_subject=history,
             duplicate_window=120.0,
+            republish=RePublish(src="scores.>", dest=COMMITTED_PREFIX + ">"),
         )
     )
 

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
+import nats.js.errors
+import pytest
+
+from protocol.envelope import encode_envelope
+from protocol.topics import subject_for
 from tests.support import RawPublisher, Recorder, check_sequence, create_stream, ws_url
 
 
@@ -124,4 +130,43 @@ async def test_gateway_started_before_nats_serves_health_then_connects(nats_serv
     nats_server.start()
     await asyncio.wait_for(starting, 15)
     assert gw.node.ready
+    await gw.stop()
+
+
+async def test_a_publish_jetstream_refused_never_reaches_clients(gateway, js, nc):
+    """The loser of a race on expected-last-subject-sequence is not an event."""
+    publisher = RawPublisher(js)
+    await publisher.publish("match.race", {"n": 1})
+    client = await Recorder.open(ws_url(gateway))
+    await client.send({"type": "subscribe", "id": 1, "topics": ["match.race"]})
+    await client.wait_for(lambda m: m["type"] == "snapshot")
+    loser = encode_envelope("match.race", 2, time.time(), "goal", {"n": "loser"}, {"n": "loser"})
+    with pytest.raises(nats.js.errors.APIError):
+        await js.publish(
+            subject_for("match.race"),
+            loser,
+            headers={"Nats-Expected-Last-Subject-Sequence": "999", "Nats-Msg-Id": "loser"},
+        )
+    await publisher.publish("match.race", {"n": 2})
+    event = await client.wait_for(lambda m: m["type"] == "event")
+    assert event["seq"] == 2 and event["data"] == {"n": 2}
+    assert check_sequence(client.of("match.race")) == 2
+    await client.close()
+
+
+async def test_stream_without_republish_is_followed_on_scores_subjects(gateway_settings, nc):
+    """A stream set up by a publisher that knows only PROTOCOL.md still works."""
+    from gateway.server import Gateway
+
+    js = nc.jetstream()
+    await js.add_stream(name="SCORES", subjects=["scores.>"], max_msgs_per_subject=1000)
+    gw = Gateway(gateway_settings)
+    await gw.start()
+    assert gw.broker.live_prefix == "scores."
+    client = await Recorder.open(ws_url(gw))
+    await client.send({"type": "subscribe", "id": 1, "topics": ["match.plain"]})
+    await client.wait_for(lambda m: m["type"] == "snapshot")
+    await RawPublisher(js).publish("match.plain", {"n": 1})
+    assert (await client.wait_for(lambda m: m["type"] == "event"))["seq"] == 1
+    await client.close()
     await gw.stop()
