@@ -31,12 +31,9 @@ test: lint
 	node --test tests/js/
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# System packages the browser test needs (Debian's Chromium; never a browser
-# download). CI runs this as root before `make test`.
+# Node.js, Chromium, haproxy, promtool for the suite (as root; CI does this).
 system-deps:
-	command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs; }
-	[ -x /usr/bin/chromium ] || { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core; }
+	bash scripts/system-deps.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

