@@ -1,22 +1,27 @@
-"""One client WebSocket: read frames, decode them, call the node.
+"""One client connection: an asyncio Protocol around websockets' sans-I/O
+``ServerProtocol``.
 
-Writes bypass ``websockets``' per-message send path: the node hands over
-bytes of whole, unmasked server frames (encoded once per event for every
-subscriber) and they go straight to the transport, while ``websockets`` keeps
-owning the handshake, pings and the closing handshake. Nothing is written once
-the connection has left the OPEN state.
+No task, coroutine or future per connection: bytes in go through
+``receive_data()`` and come out as a handshake request or frames, handled in
+the callback; bytes out are either the protocol's own (handshake response,
+pongs, close frames) or whole server frames the node encoded once per event
+and hands over to ``write()``, which puts them straight on the transport.
+Pings, handshake and close timeouts are swept by :class:`gateway.server.Gateway`
+for all connections at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from typing import TYPE_CHECKING
 
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from gateway.admission import Strikes, TokenBucket
 from gateway.auth import OPEN, Grant
@@ -27,49 +32,66 @@ from protocol.errors import ClientError, CloseCode, RateLimited
 from protocol.messages import Auth, Ping, Pong, Subscribe, Unsubscribe, Welcome
 
 if TYPE_CHECKING:
-    from gateway.node import Node
+    from gateway.server import Gateway
 
-__all__ = ["Client", "serve_client"]
+__all__ = ["Client"]
 
 ABUSE_WINDOW = 60.0
 RATE_WINDOW = 10.0
+PING_FRAME = b"\x89\x00"  # an empty, unmasked ping: the same bytes for everyone
+
+# websockets logs every connection's opening and closing at INFO: one line per
+# connection is too many for a gateway holding millions.
+_quiet = logging.getLogger("websockets.scorecast")
+_quiet.setLevel(logging.WARNING)
 
 
-class Client:
-    """A connected client as the node sees it. Hashable by identity."""
+class Client(asyncio.Protocol):
+    """A client connection; what the node addresses. Hashable by identity."""
 
     __slots__ = (
         "bucket",
         "closed",
+        "closing_since",
         "expiry",
+        "fragments",
+        "gateway",
         "grant",
+        "last_seen",
         "limited",
         "malformed",
+        "opened",
         "outbox",
         "session",
+        "started",
         "transport",
         "waiting",
         "ws",
     )
 
-    def __init__(self, ws: ServerConnection, node: Node) -> None:
-        settings = node.settings
-        self.ws = ws
-        self.transport = ws.transport
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.ws = ServerProtocol(max_size=gateway.settings.max_message_size, logger=_quiet)
+        self.transport: asyncio.Transport | None = None
         self.outbox = Outbox()
-        self.session = secrets.token_hex(8)
+        self.session = ""
         # topics subscribed but not yet started: topic -> since (None: snapshot)
         self.waiting: dict[str, int | None] = {}
-        self.grant: Grant = getattr(ws, "grant", OPEN)
+        self.grant: Grant = OPEN
         self.expiry: asyncio.TimerHandle | None = None
-        now = time.monotonic()
-        self.bucket = TokenBucket(settings.messages_per_second, settings.message_burst, now)
-        self.malformed = Strikes(settings.max_malformed_per_minute, ABUSE_WINDOW)
-        self.limited = Strikes(settings.message_burst, RATE_WINDOW)
+        self.bucket: TokenBucket | None = None
+        self.malformed: Strikes | None = None
+        self.limited: Strikes | None = None
+        self.fragments: list[bytes] | None = None
+        self.started = self.last_seen = time.monotonic()
+        self.closing_since = 0.0
+        self.opened = False
         self.closed = False
 
+    # --- what the node calls --------------------------------------------------
+
     def write(self, data: bytes) -> None:
-        if self.ws.protocol.state is State.OPEN:
+        if self.ws.state is State.OPEN:
             self.transport.write(data)
 
     def unsent(self) -> int:
@@ -77,65 +99,133 @@ class Client:
 
     def close(self, code: int, reason: str) -> None:
         """Close with ``code`` once what is owed (an error, a hint) went out."""
-        if not self.closed:
-            owed = self.outbox.take()
-            if owed:
-                self.write(owed)
-            self.closed = True
-            asyncio.get_running_loop().create_task(self.ws.close(code, reason))
+        if self.closed:
+            return
+        owed = self.outbox.take()
+        if owed:
+            self.write(owed)
+        self.closed = True
+        self.closing_since = time.monotonic()
+        self.gateway.closing.add(self)
+        if self.ws.state is State.OPEN:
+            self.ws.send_close(code, reason)
+            self._flush_protocol()
+        else:
+            self.transport.abort()
 
+    # --- asyncio.Protocol -----------------------------------------------------
 
-async def serve_client(node: Node, ws: ServerConnection) -> None:
-    client = Client(ws, node)
-    settings = node.settings
-    node.connect(client)
-    welcome = Welcome(
-        protocol=PROTOCOL_VERSION,
-        session=client.session,
-        node=settings.node,
-        heartbeat=settings.heartbeat,
-    )
-    node.send(client, text_frame(encode(welcome)))
-    try:
-        async for data in ws:
-            if client.closed:
-                continue  # keep reading: the peer's close frame is behind these
-            if isinstance(data, bytes):
-                node.stats.abuse_closes += 1
-                client.close(CloseCode.PROTOCOL_ABUSE, "binary frames are not accepted")
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.gateway.connection_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_seen = time.monotonic()
+        ws = self.ws
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if isinstance(event, Frame):
+                self._frame(event)
+            elif isinstance(event, Request):
+                self._handshake(event)
+        self._flush_protocol()
+
+    def eof_received(self) -> bool:
+        self.ws.receive_eof()
+        self._flush_protocol()
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.gateway.connection_lost(self)
+
+    # --- inside ---------------------------------------------------------------
+
+    def _flush_protocol(self) -> None:
+        """Write what the protocol produced; close the socket when it says so."""
+        for data in self.ws.data_to_send():
+            if data:
+                self.transport.write(data)
+            else:  # end of the stream: as the server, close TCP first
+                self.transport.close()
+        if self.ws.state is State.CLOSED and not self.transport.is_closing():
+            self.transport.close()
+
+    def _handshake(self, request: Request) -> None:
+        response = self.gateway.route(self, request)
+        if response is None:
+            response = self.ws.accept(request)
+        self.ws.send_response(response)
+        if self.ws.state is State.OPEN:
+            self.opened = True
+            self.session = secrets.token_hex(8)
+            self.gateway.connection_opened(self)
+            settings = self.gateway.settings
+            welcome = Welcome(
+                protocol=PROTOCOL_VERSION,
+                session=self.session,
+                node=settings.node,
+                heartbeat=settings.heartbeat,
+            )
+            self.gateway.node.send(self, text_frame(encode(welcome)))
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT:
+            if frame.fin:
+                self._message(frame.data)
             else:
-                _receive(node, client, data)
-    except ConnectionClosed:
-        pass
-    finally:
-        node.disconnect(client)
-        client.closed = True
+                self.fragments = [frame.data]
+        elif opcode is Opcode.CONT and self.fragments is not None:
+            self.fragments.append(frame.data)
+            if frame.fin:
+                data, self.fragments = b"".join(self.fragments), None
+                self._message(data)
+        elif opcode is Opcode.BINARY:
+            self.gateway.node.stats.abuse_closes += 1
+            self.close(CloseCode.PROTOCOL_ABUSE, "binary frames are not accepted")
+        # PING is answered by the protocol itself; PONG only proves life (last_seen)
 
-
-def _receive(node: Node, client: Client, data: str) -> None:
-    now = time.monotonic()
-    try:
-        message = decode_client(data, node.settings.max_topics_per_request)
-    except ClientError as error:
-        node.send_error(client, error)
-        if client.malformed.add(now):
-            node.stats.abuse_closes += 1
-            client.close(CloseCode.PROTOCOL_ABUSE, "repeated malformed messages")
-        return
-    if not client.bucket.take(now):
-        node.stats.rate_limited += 1
-        node.send_error(client, RateLimited("too many messages", message.id))
-        if client.limited.add(now):
-            client.close(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly")
-        return
-    try:
-        if isinstance(message, Subscribe):
-            node.subscribe(client, message)
-        elif isinstance(message, Unsubscribe):
-            node.unsubscribe(client, message)
-        elif isinstance(message, Ping):
-            node.send(client, text_frame(encode(Pong(id=message.id))))
-        elif isinstance(message, Auth):
-            node.authenticate(client, message)
-    except ClientError as error:
-        node.send_error(client, error)
+    def _message(self, data: bytes) -> None:
+        if self.closed:
+            return  # what arrives after our close frame is not answered
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            self.ws.fail(1007, "invalid UTF-8")
+            self.closed = True
+            return
+        node = self.gateway.node
+        settings = self.gateway.settings
+        now = time.monotonic()
+        try:
+            message = decode_client(text, settings.max_topics_per_request)
+        except ClientError as error:
+            node.send_error(self, error)
+            if self.malformed is None:
+                self.malformed = Strikes(settings.max_malformed_per_minute, ABUSE_WINDOW)
+            if self.malformed.add(now):
+                node.stats.abuse_closes += 1
+                self.close(CloseCode.PROTOCOL_ABUSE, "repeated malformed messages")
+            return
+        if self.bucket is None:
+            self.bucket = TokenBucket(settings.messages_per_second, settings.message_burst, now)
+        if not self.bucket.take(now):
+            node.stats.rate_limited += 1
+            node.send_error(self, RateLimited("too many messages", message.id))
+            if self.limited is None:
+                self.limited = Strikes(settings.message_burst, RATE_WINDOW)
+            if self.limited.add(now):
+                self.close(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly")
+            return
+        try:
+            if isinstance(message, Subscribe):
+                node.subscribe(self, message)
+            elif isinstance(message, Unsubscribe):
+                node.unsubscribe(self, message)
+            elif isinstance(message, Ping):
+                node.send(self, text_frame(encode(Pong(id=message.id))))
+            elif isinstance(message, Auth):
+                node.authenticate(self, message)
+        except ClientError as error:
+            node.send_error(self, error)

@@ -13,18 +13,17 @@ from http import HTTPStatus
 from pathlib import Path
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from gateway.admission import ConnectionRateLimiter, Refusal
 from gateway.broker_nats import NatsBroker
-from gateway.connection import serve_client
+from gateway.connection import PING_FRAME, Client
 from gateway.metrics import render
 from gateway.node import Node
 from gateway.settings import GatewaySettings
 from gateway.workers import read_figures, write_figures
-from protocol.errors import Unauthorized
+from protocol.errors import CloseCode, Unauthorized
 
 __all__ = ["Gateway", "run_gateway"]
 
@@ -38,6 +37,9 @@ STATIC_FILES = {
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 FIGURES_INTERVAL = 1.0
+SWEEP_INTERVAL = 1.0
+CLOSE_TIMEOUT = 5.0
+BACKLOG = 4096
 
 
 def _response(
@@ -60,7 +62,7 @@ def _token(request: Request) -> str | None:
 
 
 class Gateway:
-    """One node's listener. ``start()`` connects to NATS and listens."""
+    """One node's listener. ``start()`` listens, then connects to NATS."""
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
@@ -74,8 +76,12 @@ class Gateway:
         self.rate = ConnectionRateLimiter(
             settings.connections_per_second, settings.connections_per_ip_per_second
         )
-        self.server: Server | None = None
-        self._figures: asyncio.Task[None] | None = None
+        self.server: asyncio.Server | None = None
+        # every connection, and those still in their opening handshake
+        self.connections: set[Client] = set()
+        self.handshaking: set[Client] = set()
+        self.closing: set[Client] = set()  # sent a close frame, awaiting the reply
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def port(self) -> int:
@@ -91,26 +97,19 @@ class Gateway:
         """Listen, then connect to NATS (retrying until it answers: until then
         ``/readyz`` says 503 and subscribers wait for their snapshots)."""
         self.node.start(self.broker)
-        if self.verifier_missing():
+        if self.node.verifier is None:
             log.warning("no --jwt-secret or --jwt-public-key: the gateway is open to everyone")
-        self.server = await serve(
-            self._handle,
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: Client(self),
             self.settings.host,
             self.settings.port,
-            process_request=self._process_request,
-            compression=None,
-            max_size=self.settings.max_message_size,
-            max_queue=4,
-            write_limit=self.settings.soft_limit,
-            open_timeout=self.settings.handshake_timeout,
-            ping_interval=self.settings.heartbeat,
-            ping_timeout=self.settings.heartbeat,
-            close_timeout=5,
-            server_header=None,
-            reuse_port=self.settings.reuse_port,
+            reuse_port=self.settings.reuse_port or None,
+            backlog=BACKLOG,
         )
+        self._tasks.append(loop.create_task(self._sweep()))
         if self.settings.metrics_dir is not None:
-            self._figures = asyncio.get_running_loop().create_task(self._publish_figures())
+            self._tasks.append(loop.create_task(self._publish_figures()))
         log.info("gateway %s listening on port %s", self.settings.node, self.port)
         delay = 0.25
         while True:
@@ -122,9 +121,6 @@ class Gateway:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def verifier_missing(self) -> bool:
-        return self.node.verifier is None
-
     async def drain(self) -> None:
         """SIGTERM: /readyz 503, no new handshakes, clients hinted away."""
         log.info("draining %d connections over %ss", len(self.node.clients),
@@ -132,42 +128,89 @@ class Gateway:
         await self.node.drain()
 
     async def stop(self) -> None:
-        if self._figures is not None:
-            self._figures.cancel()
+        for task in self._tasks:
+            task.cancel()
         if self.server is not None:
-            self.server.close(close_connections=True)
-            await self.server.wait_closed()
+            self.server.close()
+        for client in list(self.connections):
+            client.close(CloseCode.GOING_AWAY, "gateway shutting down")
+        for _ in range(20):  # give close handshakes a moment, then cut
+            if not self.connections:
+                break
+            await asyncio.sleep(0.05)
+        for client in list(self.connections):
+            client.transport.abort()
         await self.node.stop()
         await self.broker.close()
+
+    # --- connections ----------------------------------------------------------
+
+    def connection_made(self, client: Client) -> None:
+        self.connections.add(client)
+        self.handshaking.add(client)
+
+    def connection_opened(self, client: Client) -> None:
+        self.handshaking.discard(client)
+        self.node.connect(client)
+
+    def connection_lost(self, client: Client) -> None:
+        self.connections.discard(client)
+        self.handshaking.discard(client)
+        self.closing.discard(client)
+        if client.opened:
+            self.node.disconnect(client)
+
+    async def _sweep(self) -> None:
+        """Handshake and close timeouts every second; every ``heartbeat``
+        seconds a ping to each open connection, and a close for those silent
+        for two intervals."""
+        settings = self.settings
+        next_ping = time.monotonic() + settings.heartbeat
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
+            for client in [
+                c for c in self.handshaking if now - c.started > settings.handshake_timeout
+            ]:
+                client.transport.abort()
+            if now < next_ping:
+                continue
+            next_ping = now + settings.heartbeat
+            silent = now - 2 * settings.heartbeat
+            for client in list(self.connections):
+                if client.opened and not client.closed:
+                    if client.last_seen < silent:
+                        client.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                    else:
+                        client.write(PING_FRAME)
 
     async def _publish_figures(self) -> None:
         while True:
             write_figures(self.settings.metrics_dir, self.node.figures())
             await asyncio.sleep(FIGURES_INTERVAL)
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        await serve_client(self.node, ws)
-
     # --- HTTP -------------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def route(self, client: Client, request: Request) -> Response | None:
+        """The answer to an HTTP request, or None to accept a WebSocket."""
+        ws = client.ws
         path = request.path.partition("?")[0]
         if path == "/ws":
-            refusal = self.admit(connection, request)
+            refusal = self.admit(client, request)
             if refusal is None:
                 return None
             self.node.stats.refuse(refusal.metric)
-            response = connection.respond(refusal.status, refusal.reason + "\n")
+            response = ws.reject(refusal.status, refusal.reason + "\n")
             if refusal.retry_after is not None:
                 response.headers["Retry-After"] = str(refusal.retry_after)
             return response
         if path == "/healthz":
-            return connection.respond(HTTPStatus.OK, "ok\n")
+            return ws.reject(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
             if self.node.ready:
-                return connection.respond(HTTPStatus.OK, "ready\n")
+                return ws.reject(HTTPStatus.OK, "ready\n")
             reason = "draining" if self.node.draining else "not connected to NATS"
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, reason + "\n")
+            return ws.reject(HTTPStatus.SERVICE_UNAVAILABLE, reason + "\n")
         if path == "/metrics":
             return _response(HTTPStatus.OK, render(self.metric_sources), CONTENT_TYPE_LATEST)
         if path in STATIC_FILES:
@@ -175,12 +218,12 @@ class Gateway:
             file = STATIC / name
             if file.exists():
                 return _response(HTTPStatus.OK, file.read_bytes(), content_type, "no-cache")
-        return connection.respond(HTTPStatus.NOT_FOUND, "not found: WebSockets are on /ws\n")
+        return ws.reject(HTTPStatus.NOT_FOUND, "not found: WebSockets are on /ws\n")
 
-    def admit(self, connection: ServerConnection, request: Request) -> Refusal | None:
+    def admit(self, client: Client, request: Request) -> Refusal | None:
         """Refuse a handshake with a status and a reason, or None to accept it.
 
-        On success the token's grant rides on the connection to the handler."""
+        On success the token's grant is the connection's."""
         settings = self.settings
         if self.node.draining:
             return Refusal(HTTPStatus.SERVICE_UNAVAILABLE, "draining", "draining", 5)
@@ -190,13 +233,13 @@ class Gateway:
         limit = settings.max_connections
         if limit is not None and len(self.node.clients) >= limit:
             return Refusal(HTTPStatus.SERVICE_UNAVAILABLE, "at connection limit", "capacity", 5)
-        address = connection.remote_address[0] if connection.remote_address else "?"
-        refusal = self.rate.admit(address, time.monotonic())
+        peer = client.transport.get_extra_info("peername")
+        refusal = self.rate.admit(peer[0] if peer else "?", time.monotonic())
         if refusal is not None:
             return refusal
         if self.node.verifier is not None:
             try:
-                connection.grant = self.node.verifier.verify(_token(request))
+                client.grant = self.node.verifier.verify(_token(request))
             except Unauthorized as error:
                 return Refusal(HTTPStatus.UNAUTHORIZED, error.message, "unauthorized")
         return None

@@ -186,6 +186,8 @@ class RawClient:
         payload = await self.reader.readexactly(size)
         if first & 0x0F == 0x8:
             self.close_code = int.from_bytes(payload[:2]) if len(payload) >= 2 else 1005
+            with contextlib.suppress(ConnectionError):  # answer it, as clients must
+                await self.send_frame(0x8, payload[:2])
             return None
         if first & 0x0F != 0x1:
             return await self.read_frame()  # a ping: not a message
