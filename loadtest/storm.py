@@ -1,0 +1,317 @@
+"""``scorecast storm``: a connection storm past what one locust process reaches.
+
+The parent spawns ``W`` worker processes (:mod:`loadtest.storm_worker`, one
+uvloop loop each, up to ~15,000 sockets apiece under the 20,000-file limit),
+publishes events at a fixed rate when asked (:mod:`loadtest.publisher`),
+reads the gateways' ``/metrics`` once a second, prints one progress line a
+second on stderr, and writes a JSON result (:mod:`loadtest.results`) that
+``scorecast report`` draws.
+
+Connections are spread over several source addresses in 127.0.0.0/8, each
+bound with ``IP_BIND_ADDRESS_NO_PORT``, because one (source, destination)
+pair has only ~28,000 ephemeral ports. Load goes to loopback only: any other
+target is refused (:mod:`loadtest.storm_settings` checks the flags and builds
+the workers' plan). The run is bounded: it ends ``--duration`` + ``--drain``
+seconds after it starts, or at SIGINT/SIGTERM, and kills workers that do not
+finish in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import multiprocessing
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from loadtest.procstat import Machine, ProcessGroup
+from loadtest.results import StormResults
+from loadtest.scrape import scrape
+from loadtest.storm_settings import (
+    StormError,
+    StormSettings,
+    add_arguments,
+    build_plan,
+    check_settings,
+    settings_from_args,
+)
+from loadtest.storm_worker import StormPlan, worker_process
+from loadtest.zipf import ZipfTopics
+
+__all__ = ["StormSettings", "add_arguments", "main", "run_storm"]
+
+
+def _machine() -> dict:
+    memory = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = int(line.split()[1]) * 1024
+    return {
+        "cpus": os.cpu_count(),
+        "memory_bytes": memory,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "revision": _revision(),
+    }
+
+
+def _revision() -> str | None:
+    """The checkout's commit (+ "-dirty" with uncommitted changes): which gateway
+    a result measured. None outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    git = ["git", "-C", str(root)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=5)  # fmt: skip
+        status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=5)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
+
+
+class _Run:
+    """One storm: worker processes, their reports, the publisher and the scraper."""
+
+    def __init__(self, settings: StormSettings, plan: StormPlan, log: TextIO) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.log = log
+        self.results = StormResults(plan.connections, plan.workers)
+        self.context = multiprocessing.get_context("spawn")
+        self.queue = self.context.Queue()
+        self.start = self.context.Event()
+        self.stop = self.context.Event()
+        self.t0 = self.context.Value("d", 0.0)
+        self.processes: list = []
+        self.inbox: asyncio.Queue[dict] = asyncio.Queue()
+        self.reported: dict[int, int] = {}  # second -> workers that sent it
+        self.scrape_targets = sorted({(t.host, t.port) for t in plan.targets})
+        self.groups = {"machine": Machine(), "generator": ProcessGroup([os.getpid()])}
+        if settings.watch_pids:
+            self.groups["server"] = ProcessGroup(list(settings.watch_pids))
+
+    def say(self, line: str) -> None:
+        if not self.settings.quiet:
+            print(line, file=self.log, flush=True)
+
+    def _pump(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            message = self.queue.get()
+            if message is None:
+                return
+            loop.call_soon_threadsafe(self.inbox.put_nowait, message)
+
+    async def _scrape(self, timeout: float = 2.0) -> dict[str, float] | None:
+        if not self.settings.scrape:
+            return None
+        total: dict[str, float] = {}
+        try:
+            for host, port in self.scrape_targets:
+                for name, value in (await scrape(host, port, timeout)).items():
+                    total[name] = total.get(name, 0.0) + value
+        except (OSError, TimeoutError, ValueError) as error:
+            self.say(f"storm: cannot read /metrics: {error!r}")
+            return None
+        return total
+
+    async def _until_ready(self) -> None:
+        ready = 0
+        async with asyncio.timeout(90):
+            while ready < self.plan.workers:
+                message = await self.inbox.get()
+                if message["kind"] == "ready":
+                    ready += 1
+                elif message["kind"] == "failed":
+                    raise RuntimeError(f"worker {message['worker']} failed: {message['error']}")
+
+    async def _publish(self, loop: asyncio.AbstractEventLoop) -> None:
+        import nats
+
+        from loadtest.publisher import FixedRatePublisher
+
+        nc = await nats.connect(
+            self.settings.nats, name="scorecast-storm", max_reconnect_attempts=5
+        )
+        try:
+            topics = ZipfTopics(self.plan.topics, self.plan.zipf, self.plan.prefix).names
+            publisher = FixedRatePublisher(
+                nc.jetstream(), topics, self.settings.publish_rate, self.settings.seed
+            )
+            await publisher.prepare(self.settings.history)
+            await asyncio.sleep(max(0.0, self.t0.value - time.time()))
+            try:
+                await publisher.run(
+                    self.plan.duration, self.results.add_published, stopped=self.stop.is_set
+                )
+            finally:
+                self.results.publisher = {
+                    "published": publisher.published,
+                    "errors": publisher.errors,
+                }
+        finally:
+            await nc.close()
+
+    async def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One progress line and one /metrics read per second, until the end."""
+        second = 0
+        start = loop.time() + (self.t0.value - time.time())
+        end = start + self.plan.duration + self.plan.drain
+        while loop.time() < end + 1:
+            due = start + second + 1
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            for name, group in self.groups.items():
+                sample = await asyncio.to_thread(group.sample)
+                self.results.add_processes(second, name, sample)
+            samples = await self._scrape()
+            if samples is not None:
+                self.results.add_gateway(second, samples)
+            # wait a little for stragglers, never long
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, due + 0.5 - loop.time())):
+                    while self.reported.get(second, 0) < self.plan.workers:
+                        await asyncio.sleep(0.02)
+            self.say(self.results.progress(second))
+            second += 1
+
+    async def _collect(self) -> None:
+        finals = 0
+        while finals + len(self.results.failures) < self.plan.workers:
+            message = await self.inbox.get()
+            self.results.add(message)
+            if message["kind"] == "tick":
+                self.reported[message["second"]] = self.reported.get(message["second"], 0) + 1
+            elif message["kind"] == "final":
+                finals += 1
+
+    async def run(self) -> dict:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.stop.set)
+        for index in range(self.plan.workers):
+            process = self.context.Process(
+                target=worker_process, name=f"storm-worker-{index}", daemon=True,
+                args=(self.plan, index, self.queue, self.start, self.t0, self.stop),
+            )  # fmt: skip
+            process.start()
+            self.processes.append(process)
+        pump = threading.Thread(target=self._pump, args=(loop,), daemon=True)
+        pump.start()
+        started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        machine = _machine()  # at the start: the revision the servers were started from
+        try:
+            await self._until_ready()
+            self.results.gateway_before = await self._scrape()
+            publisher = None
+            self.t0.value = time.time() + 1.0
+            if self.settings.publish_rate > 0:
+                publisher = loop.create_task(self._publish(loop))
+            self.start.set()
+            self.say(f"storm: {self.plan.connections:,} connections, {self.plan.workers} "
+                     f"workers, {len(self.plan.sources)} sources, "
+                     f"{len(self.plan.targets)} targets")  # fmt: skip
+            watcher = loop.create_task(self._watch(loop))
+            limit = self.plan.duration + self.plan.drain + 30
+            try:
+                async with asyncio.timeout(limit + 10):
+                    await self._collect()
+            except TimeoutError:
+                self.results.failures.append("workers did not report their totals in time")
+            watcher.cancel()
+            if publisher is not None:
+                try:
+                    await publisher
+                except Exception as error:
+                    self.results.failures.append(f"publisher: {error!r}")
+            await asyncio.sleep(0.5)  # let the gateways count the closes
+            for _attempt in range(3):  # a gateway still busy with the closes answers late
+                self.results.gateway_after = await self._scrape(timeout=10.0)
+                if self.results.gateway_after is not None or not self.settings.scrape:
+                    break
+        finally:
+            self.stop.set()
+            self.queue.put(None)
+            for process in self.processes:
+                await loop.run_in_executor(None, process.join, 5)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+        settings = dataclasses.asdict(self.settings)
+        settings.update(workers=self.plan.workers, sources=list(self.plan.sources))
+        return self.results.document(settings, machine, started_at)
+
+
+async def run_storm(settings: StormSettings, log: TextIO = sys.stderr) -> dict:
+    """Run one storm; the result document (also written to ``settings.output``)."""
+    plan = build_plan(settings)
+    result = await _Run(settings, plan, log).run()
+    output = Path(settings.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=1))
+    if not settings.quiet:
+        print(_summary(result, output), file=log, flush=True)
+    return result
+
+
+def _summary(result: dict, output: Path) -> str:
+    totals, latency = result["totals"], result["latency"]
+    delivery = latency["delivery"]
+    lines = [
+        f"storm: peak {totals['peak_connections']:,}/{totals['connections_target']:,} "
+        f"connections, {totals['events']:,} events "
+        f"(live p50 {delivery['p50_ms']} ms, p99 {delivery['p99_ms']} ms; "
+        f"{totals['catch_up']:,} caught up after reconnects), "
+        f"{totals['errors_total']:,} errors",
+        f"storm: gaps {totals['gaps']}, duplicates {totals['duplicates']}, "
+        f"backwards {totals['backwards']}, drops {totals['drops']}, "
+        f"connect failures {totals['connect_failures']}",
+    ]
+    if result["failures"]:
+        lines.append("storm: FAILED: " + "; ".join(result["failures"]))
+    lines.append(f"storm: result written to {output}")
+    return "\n".join(lines)
+
+
+def _broken(result: dict) -> bool:
+    totals = result["totals"]
+    ordering = sum(totals[name] for name in ("gaps", "duplicates", "backwards", "no_snapshot"))
+    return bool(result["failures"]) or ordering > 0
+
+
+def main(args: argparse.Namespace | list[str] | None = None) -> int:
+    """Exit 0 after a clean storm, 1 when the guarantee broke or a worker failed,
+    2 on bad settings."""
+    if not isinstance(args, argparse.Namespace):
+        parser = add_arguments(argparse.ArgumentParser(prog="scorecast storm", description=__doc__))
+        args = parser.parse_args(args)
+    try:
+        settings = settings_from_args(args)
+        check_settings(settings)
+    except StormError as error:
+        print(f"scorecast storm: {error}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        result = uvloop.run(run_storm(settings))
+    except ImportError:  # pragma: no cover
+        result = asyncio.run(run_storm(settings))
+    return 1 if _broken(result) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

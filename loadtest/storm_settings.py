@@ -1,0 +1,313 @@
+"""Settings of ``scorecast storm``: flags, their checks, and the worker plan.
+
+Every flag also reads ``SCORECAST_<FLAG>`` from the environment. Settings
+that cannot work are refused with a :class:`StormError` saying why: targets
+outside loopback, more connections per process than the open-file limit
+allows, more per (source, destination) pair than there are ephemeral ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import math
+import os
+import resource
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from loadtest.client import Target
+from loadtest.storm_worker import StormPlan
+
+__all__ = [
+    "StormError",
+    "StormSettings",
+    "add_arguments",
+    "build_plan",
+    "check_settings",
+    "settings_from_args",
+]
+
+# ~28,000 ephemeral ports per (source, destination) pair, but the kernel's
+# search for a free one grows costly as a pair fills: at 20,000 connections a
+# pair, the generator spent 3.6x more kernel CPU than at 5,000 (docs/STORM.md)
+PAIR_PORTS = 28_000
+CONNECTIONS_PER_PAIR = 5_000
+FILES_RESERVE = 200  # descriptors a worker needs besides its sockets
+
+
+class StormError(ValueError):
+    """Settings that cannot work, with the reason in the message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StormSettings:
+    urls: tuple[str, ...] = ("ws://127.0.0.1:8080/ws",)
+    connections: int = 1000
+    rate: float = 500.0
+    workers: int = 0  # 0: as many as connections / per_worker needs
+    per_worker: int = 15_000
+    sources: str = "auto"  # "auto", a count, or comma-separated 127.x.y.z addresses
+    max_pending: int = 200
+    topics: int = 100
+    topics_per_client: int = 2
+    zipf: float = 1.0
+    topic_prefix: str = "storm."
+    publish_rate: float = 10.0
+    nats: str = "nats://127.0.0.1:4222"
+    history: int = 1000
+    duration: float = 60.0
+    drain: float = 2.0
+    reconnect_at: float | None = None
+    reconnect_spread: float = 0.0
+    ping_interval: float = 0.0
+    connect_timeout: float = 15.0
+    seed: int = 1
+    scrape: bool = True
+    watch_pids: tuple[int, ...] = ()  # server processes whose CPU and memory to record
+    output: str = "storm-result.json"
+    quiet: bool = False
+
+
+def _flag(parser, environ: Mapping[str, str], flag: str, default, kind, help: str) -> None:
+    variable = "SCORECAST_" + flag.lstrip("-").upper().replace("-", "_")
+    raw = environ.get(variable)
+    value = default
+    if raw is not None:
+        try:
+            value = kind(raw)
+        except ValueError as error:
+            parser.error(f"{variable}={raw!r}: {error}")
+    parser.add_argument(
+        flag, default=value, type=kind, help=f"{help} [{variable}, default: {default}]"
+    )
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("", "none", "off") else float(text)
+
+
+def _yes(text: str) -> bool:
+    if text.lower() in ("1", "yes", "true", "on"):
+        return True
+    if text.lower() in ("0", "no", "false", "off"):
+        return False
+    raise ValueError(f"expected yes or no, got {text!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = os.environ):
+    """The ``storm`` flags; each also reads ``SCORECAST_<FLAG>``."""
+    d = StormSettings()
+    f = lambda *a, **k: _flag(parser, environ, *a, **k)  # noqa: E731
+    f(
+        "--url",
+        ",".join(d.urls),
+        str,
+        help="gateway WebSocket URL(s), comma-separated; clients are spread over them",
+    )
+    f("--connections", d.connections, int, help="client connections to open")
+    f("--rate", d.rate, float, help="new connections per second, all workers together")
+    f("--workers", d.workers, int, help="generator processes (0: connections / per-worker)")
+    f("--per-worker", d.per_worker, int, help="most connections one generator process holds")
+    f(
+        "--sources",
+        d.sources,
+        str,
+        help="source addresses: auto, a count (127.0.0.1..N), or comma-separated 127.x.y.z",
+    )
+    f("--max-pending", d.max_pending, int, help="connection attempts in flight per process")
+    f("--topics", d.topics, int, help="topics, drawn with Zipf popularity")
+    f("--topics-per-client", d.topics_per_client, int, help="topics each client subscribes")
+    f("--zipf", d.zipf, float, help="Zipf exponent of topic popularity (0: uniform)")
+    f("--topic-prefix", d.topic_prefix, str, help="topic names are PREFIX1..PREFIXN")
+    f(
+        "--publish-rate",
+        d.publish_rate,
+        float,
+        help="events per second over all topics (0: publish nothing; events come from elsewhere)",
+    )
+    f("--nats", d.nats, str, help="NATS URL for the publisher")
+    f("--history", d.history, int, help="per-topic history if the publisher creates SCORES")
+    f(
+        "--duration",
+        d.duration,
+        float,
+        help="seconds from the first connection to the end of publishing",
+    )
+    f("--drain", d.drain, float, help="seconds between the last publish and closing")
+    f(
+        "--reconnect-at",
+        None,
+        _optional_float,
+        help="seconds after the start at which every "
+        "client is cut and reconnects with since (none: no mass reconnect)",
+    )
+    f(
+        "--reconnect-spread",
+        d.reconnect_spread,
+        float,
+        help="seconds over which the mass reconnect is spread (0: all at once)",
+    )
+    f(
+        "--ping-interval",
+        d.ping_interval,
+        float,
+        help="application ping per client, seconds (0: none; gateway pings are always answered)",
+    )
+    f("--connect-timeout", d.connect_timeout, float, help="seconds from SYN to 'subscribed'")
+    f("--seed", d.seed, int, help="random seed of topic picks and jitter")
+    f("--scrape", "yes", _yes, help="read the gateways' /metrics each second (yes/no)")
+    f(
+        "--watch-pids",
+        "",
+        str,
+        help="PIDs of server processes (gateways, nats-server), "
+        "comma-separated, whose CPU and memory (children included) to record each second",
+    )
+    f("--output", d.output, str, help="JSON result file")
+    f("--quiet", "no", _yes, help="no progress lines (yes/no)")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> StormSettings:
+    return StormSettings(
+        urls=_csv(args.url), connections=args.connections, rate=args.rate,
+        workers=args.workers, per_worker=args.per_worker, sources=args.sources,
+        max_pending=args.max_pending, topics=args.topics,
+        topics_per_client=args.topics_per_client, zipf=args.zipf,
+        topic_prefix=args.topic_prefix, publish_rate=args.publish_rate, nats=args.nats,
+        history=args.history, duration=args.duration, drain=args.drain,
+        reconnect_at=args.reconnect_at, reconnect_spread=args.reconnect_spread,
+        ping_interval=args.ping_interval, connect_timeout=args.connect_timeout,
+        seed=args.seed, scrape=args.scrape, output=args.output, quiet=args.quiet,
+        watch_pids=_pids(args.watch_pids),
+    )  # fmt: skip
+
+
+def _pids(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _csv(text))
+    except ValueError:
+        raise StormError(f"--watch-pids takes process ids, got {text!r}") from None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _targets(urls: tuple[str, ...]) -> tuple[Target, ...]:
+    if not urls:
+        raise StormError("--url: at least one gateway URL is needed")
+    targets = []
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme != "ws" or not parts.hostname:
+            raise StormError(f"--url {url!r}: expected ws://HOST:PORT/PATH (no TLS)")
+        if not _loopback(parts.hostname):
+            raise StormError(f"--url {url!r}: load goes to loopback addresses only")
+        host = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname
+        if ":" in host:
+            raise StormError(f"--url {url!r}: IPv4 loopback only (source addresses are IPv4)")
+        path = (parts.path or "/ws") + (f"?{parts.query}" if parts.query else "")
+        targets.append(Target(host, parts.port or 80, path))
+    return tuple(targets)
+
+
+def _sources(spec: str, connections: int, targets: int) -> tuple[str, ...]:
+    if spec == "auto":
+        count = min(250, max(1, math.ceil(connections / (targets * CONNECTIONS_PER_PAIR))))
+    elif spec.isdigit():
+        count = int(spec)
+    else:
+        addresses = _csv(spec)
+        for address in addresses:
+            try:
+                valid = ipaddress.IPv4Address(address).is_loopback
+            except ValueError:
+                valid = False
+            if not valid:
+                raise StormError(f"--sources: {address!r} is not an IPv4 loopback address")
+        return addresses
+    if not 1 <= count <= 250:
+        raise StormError("--sources: between 1 and 250 addresses")
+    # 127.0.0.1 .. 127.0.0.N: the whole of 127.0.0.0/8 is loopback on Linux
+    return tuple(f"127.0.0.{n}" for n in range(1, count + 1))
+
+
+def build_plan(settings: StormSettings) -> StormPlan:
+    s = settings
+    for name, value, low in (
+        ("connections", s.connections, 1),
+        ("per-worker", s.per_worker, 1),
+        ("max-pending", s.max_pending, 1),
+        ("topics", s.topics, 1),
+        ("topics-per-client", s.topics_per_client, 1),
+    ):
+        if value < low:
+            raise StormError(f"--{name} must be at least {low}, got {value}")
+    for name, value in (
+        ("rate", s.rate),
+        ("duration", s.duration),
+        ("connect-timeout", s.connect_timeout),
+    ):
+        if not value > 0:
+            raise StormError(f"--{name} must be positive, got {value}")
+    for name, value in (
+        ("publish-rate", s.publish_rate),
+        ("drain", s.drain),
+        ("reconnect-spread", s.reconnect_spread),
+        ("zipf", s.zipf),
+        ("ping-interval", s.ping_interval),
+        ("workers", s.workers),
+    ):
+        if value < 0:
+            raise StormError(f"--{name} must not be negative, got {value}")
+    if s.reconnect_at is not None and not 0 < s.reconnect_at < s.duration:
+        raise StormError("--reconnect-at must fall inside --duration")
+    if s.topics_per_client > s.topics:
+        raise StormError("--topics-per-client cannot exceed --topics")
+    targets = _targets(s.urls)
+    sources = _sources(s.sources, s.connections, len(targets))
+    pairs = len(targets) * len(sources)
+    if s.connections / pairs > PAIR_PORTS:
+        raise StormError(
+            f"{s.connections:,} connections over {pairs} (source, destination) "
+            "pairs exceed ~28,000 ephemeral ports each: add --sources"
+        )
+    workers = s.workers or math.ceil(s.connections / s.per_worker)
+    workers = min(workers, s.connections)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    each = math.ceil(s.connections / workers)
+    if each + FILES_RESERVE > hard:
+        raise StormError(
+            f"{each:,} connections per worker exceed the open-file limit "
+            f"({hard:,}): raise --workers or lower --per-worker"
+        )
+    return StormPlan(
+        targets=targets, sources=sources, connections=s.connections, workers=workers,
+        rate=s.rate, max_pending=s.max_pending, topics=s.topics,
+        topics_per_client=s.topics_per_client, zipf=s.zipf, prefix=s.topic_prefix,
+        seed=s.seed, duration=s.duration, drain=s.drain, reconnect_at=s.reconnect_at,
+        reconnect_spread=s.reconnect_spread, ping_interval=s.ping_interval,
+        connect_timeout=s.connect_timeout,
+    )  # fmt: skip
+
+
+def check_settings(settings: StormSettings) -> StormPlan:
+    """The plan, or a StormError; also checks that watched processes exist."""
+    plan = build_plan(settings)
+    missing = [pid for pid in settings.watch_pids if not Path(f"/proc/{pid}").exists()]
+    if missing:
+        raise StormError(f"--watch-pids: no process {missing[0]}")
+    return plan
