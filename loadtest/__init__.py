@@ -22,5 +22,15 @@ Storms (``scorecast storm``, ``scorecast report``, docs/STORM.md):
 locust: ``loadtest/locustfile.py`` (the user) and ``loadtest/locust_storm.py``
 (the storm shape), run with ``locust -f``.
 
-The side-by-side benchmark (``scorecast bench``) is ``loadtest/bench*.py``.
+The side-by-side benchmark (``scorecast bench``, docs/BENCHMARKS.md):
+
+- :mod:`loadtest.bench`           the command line
+- :mod:`loadtest.bench_run`       one run: backbone, generators, each scenario per server
+- :mod:`loadtest.bench_scenarios` hot match, many matches, idle, storm
+- :mod:`loadtest.bench_clients`   the load generator for all three protocols
+- :mod:`loadtest.bench_fleet`     generator processes, one per 12,000 connections
+- :mod:`loadtest.bench_servers`   the servers under test and the NATS backbone
+- :mod:`loadtest.bench_naive`     the naive ``websockets.broadcast()`` server
+- :mod:`loadtest.bench_proc`, :mod:`loadtest.bench_publish`, :mod:`loadtest.bench_report`,
+  :mod:`loadtest.bench_config`
 """

