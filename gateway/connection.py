@@ -66,6 +66,7 @@ class Client(asyncio.Protocol):
         "started",
         "transport",
         "waiting",
+        "writable",
         "ws",
     )
 
@@ -87,11 +88,13 @@ class Client(asyncio.Protocol):
         self.closing_since = 0.0
         self.opened = False
         self.closed = False
+        # True while the protocol is OPEN: a plain flag, read on every write
+        self.writable = False
 
     # --- what the node calls --------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.ws.state is State.OPEN:
+        if self.writable:
             self.transport.write(data)
 
     def unsent(self) -> int:
@@ -105,6 +108,7 @@ class Client(asyncio.Protocol):
         if owed:
             self.write(owed)
         self.closed = True
+        self.writable = False
         self.closing_since = time.monotonic()
         self.gateway.closing.add(self)
         if self.ws.state is State.OPEN:
@@ -128,6 +132,8 @@ class Client(asyncio.Protocol):
                 self._frame(event)
             elif isinstance(event, Request):
                 self._handshake(event)
+        if self.writable and ws.state is not State.OPEN:
+            self.writable = False  # the peer closed, or the protocol failed
         self._flush_protocol()
 
     def eof_received(self) -> bool:
@@ -137,6 +143,7 @@ class Client(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.writable = False
         self.gateway.connection_lost(self)
 
     # --- inside ---------------------------------------------------------------
@@ -157,7 +164,7 @@ class Client(asyncio.Protocol):
             response = self.ws.accept(request)
         self.ws.send_response(response)
         if self.ws.state is State.OPEN:
-            self.opened = True
+            self.opened = self.writable = True
             self.session = secrets.token_hex(8)
             self.gateway.connection_opened(self)
             settings = self.gateway.settings
