@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import resource
 import signal
 import time
 from http import HTTPStatus
@@ -41,6 +42,7 @@ FIGURES_INTERVAL = 1.0
 SWEEP_INTERVAL = 1.0
 CLOSE_TIMEOUT = 5.0
 BACKLOG = 4096
+FILE_RESERVE = 200  # descriptors kept for refusals, NATS, metrics, files
 
 
 def _response(
@@ -50,6 +52,16 @@ def _response(
     if cache is not None:
         headers["Cache-Control"] = cache
     return Response(status.value, status.phrase, headers, body)
+
+
+def _descriptor_budget() -> int:
+    """Connections a worker can hold when no limit is set: its open-file limit
+    less a reserve, so that at the limit it still answers 503 (and /metrics,
+    NATS, JetStream reads) instead of failing accept() with EMFILE."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1_000_000
+    return max(1, soft - FILE_RESERVE)
 
 
 def _token(request: Request) -> str | None:
@@ -77,6 +89,7 @@ class Gateway:
         self.rate = ConnectionRateLimiter(
             settings.connections_per_second, settings.connections_per_ip_per_second
         )
+        self.max_connections = settings.max_connections or _descriptor_budget()
         self.server: asyncio.Server | None = None
         # every connection, and those still in their opening handshake
         self.connections: set[Client] = set()
@@ -231,8 +244,7 @@ class Gateway:
         origins = settings.allowed_origins
         if origins and request.headers.get("Origin") not in origins:
             return Refusal(HTTPStatus.FORBIDDEN, "origin not allowed", "origin")
-        limit = settings.max_connections
-        if limit is not None and len(self.node.clients) >= limit:
+        if len(self.connections) > self.max_connections:  # sockets, this one included
             return Refusal(HTTPStatus.SERVICE_UNAVAILABLE, "at connection limit", "capacity", 5)
         peer = client.transport.get_extra_info("peername")
         refusal = self.rate.admit(peer[0] if peer else "?", time.monotonic())

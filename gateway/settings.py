@@ -30,6 +30,7 @@ class GatewaySettings:
     max_message_size: int = 64 * 1024
     max_topics_per_request: int = 100
     max_topics_per_connection: int = 500
+    # None: the open-file limit less a reserve (see gateway.server)
     max_connections: int | None = None
     # slow clients
     soft_limit: int = 256 * 1024
