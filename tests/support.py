@@ -7,6 +7,8 @@ import base64
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from typing import Any
@@ -220,3 +222,21 @@ def scrape_metrics(port: int) -> dict[str, float]:
         for sample in family.samples
         if not sample.labels
     }
+
+
+def start_gateway(nats_url: str, port: int, *extra: str) -> subprocess.Popen:
+    """`scorecast gateway` as a real process; returns once /readyz says 200."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scorecast.cli", "--log-level", "warning", "gateway",
+         "--nats", nats_url, "--port", str(port), *extra],
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
+                if answer.status == 200:
+                    return process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise TimeoutError("gateway did not become ready")

@@ -8,9 +8,7 @@ import dataclasses
 import itertools
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 
 import jwt
 import orjson
@@ -21,7 +19,7 @@ from protocol import STREAM_NAME
 from protocol.topics import subject_for
 from scorecast.client import Backoff, ClientFailed, ScorecastClient, Status, run_watch
 from scorecast.natsserver import free_port
-from tests.support import RawPublisher
+from tests.support import RawPublisher, start_gateway
 
 FAST = Backoff(min_delay=0.05, max_delay=0.5)
 SECRET = "client-test-secret-long-enough-for-hs256"
@@ -203,28 +201,13 @@ async def test_heartbeat_pings_get_pongs(js, gateway):
         assert client.reconnects == 0 and client.status is Status.CONNECTED
 
 
-def gateway_process(nats_url: str, port: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scorecast.cli", "--log-level", "warning", "gateway",
-         "--nats", nats_url, "--port", str(port), "--workers", "1"],
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
-                if answer.status == 200:
-                    return process
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise TimeoutError("gateway did not become ready")
-
-
 async def test_a_frozen_gateway_is_detected_by_heartbeats(nats_server, js, settings):
     """SIGSTOP: the socket stays open but nothing answers; pongs stop coming."""
     publisher = RawPublisher(js)
     await goals(publisher, "match.5", 1)
-    process = await asyncio.to_thread(gateway_process, nats_server.url, settings.port)
+    process = await asyncio.to_thread(
+        start_gateway, nats_server.url, settings.port, "--workers", "1"
+    )
     try:
         async with ScorecastClient(
             url(settings),

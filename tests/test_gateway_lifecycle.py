@@ -7,31 +7,13 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
 
 from scorecast.natsserver import free_port
-from tests.support import RawPublisher, Recorder, check_sequence, scrape_metrics
-
-
-def start_gateway(nats_url: str, port: int, *extra: str) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scorecast.cli", "--log-level", "warning", "gateway",
-         "--nats", nats_url, "--port", str(port), *extra],
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
-                if answer.status == 200:
-                    return process
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise TimeoutError("gateway did not become ready")
+from tests.support import RawPublisher, Recorder, check_sequence, scrape_metrics, start_gateway
 
 
 @pytest.fixture
