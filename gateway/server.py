@@ -13,6 +13,7 @@ import signal
 import time
 from http import HTTPStatus
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from websockets.datastructures import Headers
@@ -66,10 +67,9 @@ def _descriptor_budget() -> int:
 
 def _token(request: Request) -> str | None:
     _, _, query = request.path.partition("?")
-    for pair in query.split("&"):
-        name, _, value = pair.partition("=")
-        if name == "token" and value:
-            return value
+    tokens = parse_qs(query).get("token")
+    if tokens:
+        return tokens[0]
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     return credentials.strip() if scheme.lower() == "bearer" else None
 
