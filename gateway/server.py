@@ -65,6 +65,10 @@ def _descriptor_budget() -> int:
     return max(1, soft - FILE_RESERVE)
 
 
+def _older(clients: set[Client], before: float, attribute: str) -> list[Client]:
+    return [client for client in clients if getattr(client, attribute) < before]
+
+
 def _token(request: Request) -> str | None:
     _, _, query = request.path.partition("?")
     tokens = parse_qs(query).get("token")
@@ -175,22 +179,23 @@ class Gateway:
             self.node.disconnect(client)
 
     async def _sweep(self) -> None:
-        """Handshake and close timeouts every second; every ``heartbeat``
-        seconds a ping to each open connection, and a close for those silent
-        for two intervals."""
+        """Every second: handshake and close timeouts. Every ``heartbeat``
+        seconds: a ping to each open connection, and a close for those that
+        answered neither the previous ping nor anything else for two intervals."""
         settings = self.settings
-        next_ping = time.monotonic() + settings.heartbeat
+        previous_ping = next_ping = time.monotonic() + settings.heartbeat
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = time.monotonic()
-            for client in [
-                c for c in self.handshaking if now - c.started > settings.handshake_timeout
-            ]:
+            for client in _older(self.handshaking, now - settings.handshake_timeout, "started"):
+                client.transport.abort()
+            for client in _older(self.closing, now - CLOSE_TIMEOUT, "closing_since"):
                 client.transport.abort()
             if now < next_ping:
                 continue
-            next_ping = now + settings.heartbeat
-            silent = now - 2 * settings.heartbeat
+            # silent since before the previous ping went out, and for two intervals
+            silent = min(previous_ping, now - 2 * settings.heartbeat)
+            previous_ping, next_ping = now, now + settings.heartbeat
             for client in list(self.connections):
                 if client.opened and not client.closed:
                     if client.last_seen < silent:

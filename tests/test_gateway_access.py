@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tests.support import RawPublisher, Recorder, ws_url
+from tests.support import RawClient, RawPublisher, Recorder, ws_url
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 
@@ -155,3 +155,44 @@ async def test_too_many_topics_per_connection(make_gateway, js):
     await client.send({"type": "subscribe", "id": 3, "topics": ["a", "c"]})
     assert (await client.wait_for(lambda m: m.get("id") == 3))["type"] == "subscribed"
     await client.close()
+
+
+async def test_handshake_timeout_cuts_a_silent_socket(make_gateway, js):
+    gw = await make_gateway(handshake_timeout=1.0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # the gateway hung up
+    assert time.monotonic() - started < 5
+    writer.close()
+    assert not gw.handshaking and not gw.connections
+
+
+async def test_a_client_that_never_answers_pings_is_closed_after_two_heartbeats(make_gateway, js):
+    gw = await make_gateway(heartbeat=0.5)
+    healthy = await Recorder.open(ws_url(gw))  # websockets answers pings by itself
+    silent = await RawClient.open(gw.port)  # reads, never answers a ping
+    await silent.send({"type": "subscribe", "id": 1, "topics": ["match.1"]})
+    assert await silent.read_until(lambda m: False, timeout=10) is None
+    assert silent.close_code == 1011
+    silent.close()
+    await asyncio.sleep(1.0)
+    assert healthy.close_code is None
+    await healthy.close()
+
+
+async def test_a_close_the_peer_never_answers_is_cut_after_the_close_timeout(make_gateway, js):
+    gw = await make_gateway()
+    mute = await RawClient.open(gw.port)  # will not read, so never answers our close
+    await mute.send_frame(0x2, b"binary")  # closed with 4000 by the gateway
+    for _ in range(100):
+        if gw.closing:
+            break
+        await asyncio.sleep(0.05)
+    assert len(gw.closing) == 1
+    for _ in range(200):
+        if not gw.connections:
+            break
+        await asyncio.sleep(0.05)
+    assert not gw.connections and not gw.closing and not gw.node.clients
+    mute.close()
