@@ -422,10 +422,10 @@ class Node:
         del self._backfills[topic.name]
         if self.hub.topic(topic.name) is not topic:
             return
-        stored = [] if task.cancelled() or task.exception() else task.result()
+        found = [] if task.cancelled() or task.exception() else task.result()
         self.stats.recoveries_jetstream += 1
-        frames = {envelope.seq: envelope for envelope in stored}
-        recent = {seq: frame for seq, frame in topic.history}
+        stored = {envelope.seq: envelope for envelope in found}
+        recent = dict(topic.history)
         encoded: dict[int, bytes] = {}
         for client in list(topic.holders):
             since = client.waiting.get(topic.name)
@@ -433,10 +433,10 @@ class Node:
                 continue
             del client.waiting[topic.name]
             wanted = range(since + 1, topic.seq + 1)
-            if all(seq in recent or seq in frames for seq in wanted):
+            if all(seq in recent or seq in stored for seq in wanted):
                 for seq in wanted:
                     if seq not in recent and seq not in encoded:
-                        encoded[seq] = topic.event_frame(frames[seq])
+                        encoded[seq] = topic.event_frame(stored[seq])
                     self.send(client, recent.get(seq) or encoded[seq])
             else:
                 self.send(client, topic.snapshot_frame())
