@@ -1,4 +1,4 @@
-"""The Python client end to end: a real nats-server, real gateways restarted
+"""The Python client end to end: a real nats-server, real make_gateway restarted
 and drained on a fixed port, and a client whose view must match the stream."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import jwt
 import orjson
 import pytest
 
-from gateway.server import Gateway
 from protocol import STREAM_NAME
 from protocol.topics import subject_for
 from scorecast.client import Backoff, ClientFailed, ScorecastClient, Status, run_watch
@@ -26,25 +25,14 @@ SECRET = "client-test-secret-long-enough-for-hs256"
 
 
 @pytest.fixture
-def settings(gateway_settings):
+def gateway_settings(gateway_settings):
     """A fixed port, so a restarted gateway is found where the old one was."""
     return dataclasses.replace(gateway_settings, port=free_port(), drain_window=0.2)
 
 
 @pytest.fixture
-async def gateways(settings):
-    """Starts gateways on the same port; stops whatever is still running."""
-    running: list[Gateway] = []
-
-    async def start(**changes) -> Gateway:
-        gw = Gateway(dataclasses.replace(settings, **changes))
-        await gw.start()
-        running.append(gw)
-        return gw
-
-    yield start
-    for gw in running:
-        await gw.stop()
+def settings(gateway_settings):
+    return gateway_settings
 
 
 def url(settings) -> str:
@@ -72,10 +60,10 @@ async def goals(publisher: RawPublisher, topic: str, count: int) -> None:
         await publisher.publish(topic, {"score": f"{seq}-0", "minute": seq}, kind="goal")
 
 
-async def test_view_survives_a_gateway_restart_without_a_gap(js, settings, gateways):
+async def test_view_survives_a_gateway_restart_without_a_gap(js, settings, make_gateway):
     publisher = RawPublisher(js)
     await goals(publisher, "match.1", 5)
-    gw = await gateways()
+    gw = await make_gateway()
     seen = []
     client = ScorecastClient(url(settings), topics=["match.1", "match.2"], backoff=FAST)
     iterated = []
@@ -95,7 +83,7 @@ async def test_view_survives_a_gateway_restart_without_a_gap(js, settings, gatew
         await gw.stop()
         await goals(publisher, "match.1", 10)  # while no gateway runs
         await goals(publisher, "match.2", 2)
-        await gateways()
+        await make_gateway()
         await goals(publisher, "match.1", 5)
         await goals(publisher, "match.2", 1)
 
@@ -113,10 +101,10 @@ async def test_view_survives_a_gateway_restart_without_a_gap(js, settings, gatew
     assert [(u.topic, u.seq) for u in iterated] == [(u.topic, u.seq) for u in seen]
 
 
-async def test_drain_hint_and_retry_after_are_honoured(js, settings, gateways):
+async def test_drain_hint_and_retry_after_are_honoured(js, settings, make_gateway):
     publisher = RawPublisher(js)
     await goals(publisher, "match.7", 2)
-    old = await gateways()
+    old = await make_gateway()
     statuses = []
     async with ScorecastClient(
         url(settings), topics=["match.7"], backoff=FAST, on_status=statuses.append
@@ -135,7 +123,7 @@ async def test_drain_hint_and_retry_after_are_honoured(js, settings, gateways):
         await drain
         await old.stop()
         await goals(publisher, "match.7", 3)
-        await gateways()
+        await make_gateway()
         await client.wait_for("match.7", lambda view: view.seq == 5, timeout=wait + 10)
         assert time.monotonic() - refused_at >= wait - 0.1
     assert Status.DRAINING in statuses
@@ -159,8 +147,8 @@ async def test_subscribe_and_unsubscribe_while_connected(js, gateway):
         assert view.state == {"score": "2-0", "minute": 2}
 
 
-async def test_refused_static_token_stops_the_client(js, settings, gateways):
-    gw = await gateways(jwt_secret=SECRET)
+async def test_refused_static_token_stops_the_client(js, settings, make_gateway):
+    gw = await make_gateway(jwt_secret=SECRET)
     client = ScorecastClient(f"ws://127.0.0.1:{gw.port}/ws", token="not-a-jwt", backoff=FAST)
     async with client:
         with pytest.raises(ClientFailed, match="HTTP 401") as failed:
@@ -172,8 +160,8 @@ async def test_refused_static_token_stops_the_client(js, settings, gateways):
 
 
 @pytest.mark.parametrize("in_query", [False, True])
-async def test_token_from_a_callable_in_header_or_query(js, settings, gateways, in_query):
-    gw = await gateways(jwt_secret=SECRET)
+async def test_token_from_a_callable_in_header_or_query(js, settings, make_gateway, in_query):
+    gw = await make_gateway(jwt_secret=SECRET)
     await goals(RawPublisher(js), "match.3", 1)
     calls = []
 
@@ -238,8 +226,8 @@ async def test_a_frozen_gateway_is_detected_by_heartbeats(nats_server, js, setti
             await asyncio.to_thread(process.wait)
 
 
-async def test_http_429_retry_after_is_honoured(js, settings, gateways):
-    gw = await gateways(connections_per_ip_per_second=1.0)
+async def test_http_429_retry_after_is_honoured(js, settings, make_gateway):
+    gw = await make_gateway(connections_per_ip_per_second=1.0)
     await goals(RawPublisher(js), "match.4", 1)
     address = f"ws://127.0.0.1:{gw.port}/ws"
     async with ScorecastClient(address, topics=["match.4"], backoff=FAST) as first:
@@ -252,8 +240,8 @@ async def test_http_429_retry_after_is_honoured(js, settings, gateways):
             assert time.monotonic() - started >= wait - 0.1
 
 
-async def test_refused_origin_stops_the_client(js, settings, gateways):
-    gw = await gateways(allowed_origins=("https://scores.example",))
+async def test_refused_origin_stops_the_client(js, settings, make_gateway):
+    gw = await make_gateway(allowed_origins=("https://scores.example",))
     async with ScorecastClient(f"ws://127.0.0.1:{gw.port}/ws", backoff=FAST) as client:
         with pytest.raises(ClientFailed, match="HTTP 403"):
             await asyncio.wait_for(client.wait_closed(), 10)
@@ -275,8 +263,8 @@ async def test_a_consumer_that_falls_behind_loses_its_oldest_updates(js, gateway
         assert client.get("match.6") == {"score": "6-0", "minute": 6}
 
 
-async def test_watch_prints_json_lines_and_stops_by_itself(js, settings, gateways):
-    gw = await gateways()
+async def test_watch_prints_json_lines_and_stops_by_itself(js, settings, make_gateway):
+    gw = await make_gateway()
     await goals(RawPublisher(js), "match.8", 3)
     lines: list[str] = []
     address = f"ws://127.0.0.1:{gw.port}/ws"
@@ -285,7 +273,7 @@ async def test_watch_prints_json_lines_and_stops_by_itself(js, settings, gateway
     assert first["kind"] == "snapshot" and first["seq"] == 3 and first["state"]["score"] == "3-0"
     assert await run_watch(address, ["match.8"], seconds=0.3, out=lines.append) == 0
     assert len(lines) == 2
-    closed = await gateways(allowed_origins=("https://scores.example",), port=free_port())
+    closed = await make_gateway(allowed_origins=("https://scores.example",), port=free_port())
     refused = f"ws://127.0.0.1:{closed.port}/ws"
     assert await run_watch(refused, ["match.8"], out=lines.append) == 1
     assert orjson.loads(lines[-1])["status"] == 403
