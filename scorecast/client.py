@@ -46,6 +46,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from protocol.errors import CloseCode, ScorecastError
 from scorecast.client_state import (
+    Authed,
     ClientState,
     GatewayError,
     ReconnectHint,
@@ -166,6 +167,8 @@ class ScorecastClient:
         self._queues: set[asyncio.Queue[Any]] = set()
         self._tick = asyncio.Event()
         self._closing = False
+        # auth requests in flight: request id -> the future refresh_token awaits
+        self._auths: dict[int, asyncio.Future[int]] = {}
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -384,7 +387,11 @@ class ScorecastClient:
                         )
                         self._set_status(Status.DRAINING)
                         helpers.append(asyncio.create_task(self._leave(ws, output.after_ms)))
+                    elif isinstance(output, Authed):
+                        self._settle(output.request_id, output.exp)
                     elif isinstance(output, GatewayError):
+                        if output.request_id in self._auths:
+                            self._settle(output.request_id, ClientFailed(output.message))
                         self._report(output)
         except ConnectionClosed:
             pass
@@ -393,8 +400,38 @@ class ScorecastClient:
                 helper.cancel()
             self._ws = None
             self.state.connection_lost()
+            for request_id in list(self._auths):
+                self._settle(request_id, ConnectionError("the connection closed first"))
         self._check_close(ws)
         return (None if hint_at is None else max(0.0, hint_at - time.monotonic())), welcomed
+
+    async def refresh_token(self, token: str, timeout: float = 10.0) -> int:
+        """Give the open connection a fresh token (the ``auth`` message), so it
+        outlives the old token's ``exp`` without a reconnect. Returns the new
+        ``exp``; raises :class:`ClientFailed` when the gateway refuses it, or
+        ``ConnectionError`` when there is no open connection. Later
+        reconnects use ``self.token`` as before: make it a callable that
+        returns the newest token."""
+        if self._ws is None:
+            raise ConnectionError("not connected: the next connection sends the token")
+        send = self.state.authenticate(token)
+        request_id = send.message["id"]
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._auths[request_id] = future
+        try:
+            await self._ws.send(orjson.dumps(send.message).decode())
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._auths.pop(request_id, None)
+
+    def _settle(self, request_id: int, result: int | Exception) -> None:
+        future = self._auths.get(request_id)
+        if future is None or future.done():
+            return
+        if isinstance(result, Exception):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
     def _check_close(self, ws: ClientConnection) -> None:
         code, reason = ws.close_code, ws.close_reason

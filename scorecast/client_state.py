@@ -36,6 +36,7 @@ from protocol.merge_patch import apply_patch
 from protocol.topics import is_valid_topic
 
 __all__ = [
+    "Authed",
     "ClientState",
     "Counters",
     "GatewayError",
@@ -99,7 +100,15 @@ class GatewayError:
     topics: tuple[str, ...] = ()
 
 
-Output = Update | Send | Welcomed | ReconnectHint | GatewayError
+@dataclass(frozen=True, slots=True)
+class Authed:
+    """The gateway took a refreshed token: valid until ``exp``."""
+
+    request_id: int
+    exp: int
+
+
+Output = Update | Send | Welcomed | ReconnectHint | GatewayError | Authed
 
 
 @dataclass(slots=True)
@@ -189,6 +198,13 @@ class ClientState:
         request_id = next(self._ids)
         self._requests[request_id] = _Request("unsubscribe", tuple(dropped))
         return [Send({"type": "unsubscribe", "id": request_id, "topics": dropped})]
+
+    def authenticate(self, token: str) -> Send:
+        """An ``auth`` request refreshing the connection's token; answered by
+        an :class:`Authed` or a :class:`GatewayError` carrying its id."""
+        request_id = next(self._ids)
+        self._requests[request_id] = _Request("auth", ())
+        return Send({"type": "auth", "id": request_id, "token": token})
 
     def ping(self, now: float) -> Send:
         """An application ``ping``; ``now`` is any monotonic clock reading."""
@@ -314,6 +330,11 @@ class ClientState:
                 del self.views[topic]
         return [GatewayError(code, text, request_id, tuple(refused))]
 
+    def _on_authed(self, message: dict) -> list[Output]:
+        request_id = message["id"]
+        self._requests.pop(request_id, None)
+        return [Authed(_int(request_id), _int(message["exp"]))]
+
     def _on_pong(self, message: dict) -> list[Output]:
         self._pings.pop(message.get("id"), None)
         return []
@@ -341,6 +362,7 @@ class ClientState:
         "unsubscribed": _on_unsubscribed,
         "error": _on_error,
         "pong": _on_pong,
+        "authed": _on_authed,
         "welcome": _on_welcome,
         "reconnect": _on_reconnect,
     }

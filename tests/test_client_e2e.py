@@ -282,3 +282,24 @@ async def test_watch_prints_json_lines_and_stops_by_itself(js, settings, make_ga
 def test_bad_url_is_refused_at_once():
     with pytest.raises(ValueError, match="ws://"):
         ScorecastClient("http://127.0.0.1:1/ws")
+
+
+async def test_refresh_token_keeps_the_connection_past_the_first_exp(make_gateway, js):
+    secret = "refresh-test-secret-long-enough-for-hs256"
+
+    def token(seconds: float) -> str:
+        return jwt.encode({"exp": int(time.time() + seconds)}, secret, algorithm="HS256")
+
+    gw = await make_gateway(jwt_secret=secret)
+    publisher = RawPublisher(js)
+    await goals(publisher, "match.9", 1)
+    async with ScorecastClient(url(gw.settings), token=token(2), topics=["match.9"]) as client:
+        await client.wait_for("match.9", lambda view: view.seq == 1)
+        with pytest.raises(ClientFailed):
+            await client.refresh_token("not a token")
+        exp = await client.refresh_token(token(30))
+        assert exp > time.time() + 20
+        await asyncio.sleep(2.5)  # past the first token's exp: no 4001
+        await goals(publisher, "match.9", 1)
+        await client.wait_for("match.9", lambda view: view.seq == 2)
+        assert client.reconnects == 0

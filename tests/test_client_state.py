@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from scorecast.client_state import (
+    Authed,
     ClientState,
     GatewayError,
     ReconnectHint,
@@ -317,3 +318,20 @@ def test_recorded_sequence(sequence):
         assert outputs == given["out"], f"step {index}: {given}"
     views = {view.topic: [view.seq, view.state] for view in state.views.values()}
     assert views == sequence["views"]
+
+
+def test_auth_request_is_answered_by_authed_or_an_error_with_its_id():
+    state = ClientState(["match.1"])
+    state.connection_made()
+    send = state.authenticate("fresh.jwt.token")
+    assert send.message == {"type": "auth", "id": send.message["id"], "token": "fresh.jwt.token"}
+    request_id = send.message["id"]
+    assert state.receive({"type": "authed", "id": request_id, "exp": 1900000000}) == [
+        Authed(request_id, 1900000000)
+    ]
+    refused = state.authenticate("bad").message["id"]
+    [error] = state.receive(
+        {"type": "error", "id": refused, "code": "unauthorized", "message": "invalid token"}
+    )
+    assert isinstance(error, GatewayError) and error.request_id == refused
+    assert error.code == "unauthorized" and error.topics == ()
