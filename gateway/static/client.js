@@ -131,6 +131,14 @@ export class ClientState {
     return [{ type: "send", message: { type: "unsubscribe", id, topics: dropped } }];
   }
 
+  /** An `auth` request refreshing the connection's token; answered by an
+   * `authed` output or a `gatewayError` carrying its id. */
+  authenticate(token) {
+    const id = this._nextId++;
+    this._requests.set(id, { kind: "auth", topics: [], refusals: [] });
+    return { type: "send", message: { type: "auth", id, token } };
+  }
+
   ping(now) {
     const id = this._nextId++;
     this._pings.set(id, now);
@@ -252,6 +260,11 @@ export class ClientState {
     return [];
   }
 
+  _onAuthed(message) {
+    this._requests.delete(message.id);
+    return [{ type: "authed", requestId: integer(message.id), exp: integer(message.exp) }];
+  }
+
   _onPong(message) {
     this._pings.delete(message.id);
     return [];
@@ -311,6 +324,7 @@ const HANDLERS = {
   unsubscribed: ClientState.prototype._onUnsubscribed,
   error: ClientState.prototype._onError,
   pong: ClientState.prototype._onPong,
+  authed: ClientState.prototype._onAuthed,
   welcome: ClientState.prototype._onWelcome,
   reconnect: ClientState.prototype._onReconnect,
 };
@@ -375,6 +389,7 @@ export class ScorecastClient {
     this._ws = null;
     this._attempt = 0;
     this._timers = new Set();
+    this._auths = new Map(); // auth request id -> {resolve, reject} of refreshToken
     this._hintAt = null;
     this._closing = true;
     if (typeof window !== "undefined" && typeof window.addEventListener === "function") {
@@ -485,7 +500,11 @@ export class ScorecastClient {
           // leave at the hinted time if the gateway has not closed by then
           this._later(output.afterMs, () => this._drop(1000, "reconnecting as asked"));
           break;
+        case "authed":
+          this._settle(output.requestId, null, output.exp);
+          break;
         case "gatewayError":
+          this._settle(output.requestId, new ClientFailed(output.message));
           this._emit("error", output);
           break;
       }
@@ -521,10 +540,32 @@ export class ScorecastClient {
     this._lost(ws, code, reason);
   }
 
+  /** Give the open connection a fresh token (the `auth` message), so that it
+   * outlives the old token's `exp`; resolves with the new `exp`. */
+  refreshToken(token) {
+    if (this._ws === null || this._ws.readyState !== 1) {
+      return Promise.reject(new Error("not connected: the next connection sends the token"));
+    }
+    const frame = this.state.authenticate(token);
+    return new Promise((resolve, reject) => {
+      this._auths.set(frame.message.id, { resolve, reject });
+      this._send([frame]);
+    });
+  }
+
+  _settle(requestId, error, exp) {
+    const waiting = this._auths.get(requestId);
+    if (waiting === undefined) return;
+    this._auths.delete(requestId);
+    if (error) waiting.reject(error);
+    else waiting.resolve(exp);
+  }
+
   _lost(ws, code, reason) {
     if (ws !== this._ws) return;
     this._ws = null;
     this.state.connectionLost();
+    for (const id of [...this._auths.keys()]) this._settle(id, new Error("the connection closed first"));
     this._clearTimers();
     if (this._closing) return;
     if (code === 1008) {

@@ -162,3 +162,18 @@ describe("ScorecastClient construction", () => {
     assert.ok(!isValidTopic("match.>"));
   });
 });
+
+test("an auth request is answered by authed, or by an error with its id", () => {
+  const state = new ClientState(["match.1"]);
+  state.connectionMade();
+  const send = state.authenticate("fresh.jwt.token");
+  assert.deepEqual(send.message, { type: "auth", id: send.message.id, token: "fresh.jwt.token" });
+  assert.deepEqual(state.receive({ type: "authed", id: send.message.id, exp: 1900000000 }), [
+    { type: "authed", requestId: send.message.id, exp: 1900000000 },
+  ]);
+  const refused = state.authenticate("bad").message.id;
+  const [error] = state.receive({ type: "error", id: refused, code: "unauthorized", message: "invalid token" });
+  assert.equal(error.type, "gatewayError");
+  assert.equal(error.requestId, refused);
+  assert.equal(error.code, "unauthorized");
+});
