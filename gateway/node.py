@@ -46,6 +46,7 @@ log = logging.getLogger("scorecast.node")
 
 SWEEP_INTERVAL = 0.05
 RECONNECT_JITTER_MS = 1000
+BACKFILL_REUSE = 5.0  # seconds a JetStream read serves later recoveries of its topic
 RETRY_DELAY = 0.5
 
 
@@ -65,6 +66,8 @@ class Node:
         self._slow: set[Client] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._backfills: dict[str, asyncio.Task[list[Envelope]]] = {}
+        # topic -> (the Topic read for, reusable until, stored envelopes by seq)
+        self._recent_backfills: dict[str, tuple[Topic, float, dict[int, Envelope]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.verifier: TokenVerifier | None = None
@@ -411,7 +414,17 @@ class Node:
     # --- recovery from JetStream ------------------------------------------------
 
     def _backfill(self, topic: Topic) -> None:
-        """Clients asked for events older than memory: one JetStream read per topic."""
+        """Clients asked for events older than memory: one JetStream read per
+        topic, shared by every client waiting for it, and reused for a few
+        seconds by those who come next (a reconnect storm arrives over seconds)."""
+        now = time.monotonic()
+        for name, (_, expires, _) in list(self._recent_backfills.items()):
+            if expires < now:
+                del self._recent_backfills[name]
+        recent = self._recent_backfills.get(topic.name)
+        if recent is not None and recent[0] is topic:
+            self._loop.call_soon(self._serve_backfill, topic, recent[2])
+            return
         if topic.name in self._backfills:
             return
         task = self._loop.create_task(self.broker.fetch(topic.name, 1, None))
@@ -425,6 +438,15 @@ class Node:
         found = [] if task.cancelled() or task.exception() else task.result()
         self.stats.recoveries_jetstream += 1
         stored = {envelope.seq: envelope for envelope in found}
+        expires = time.monotonic() + BACKFILL_REUSE
+        self._recent_backfills[topic.name] = (topic, expires, stored)
+        self._serve_backfill(topic, stored)
+
+    def _serve_backfill(self, topic: Topic, stored: dict[int, Envelope]) -> None:
+        """Replay to each waiting client from memory and the stored events, or
+        send a snapshot where the two do not cover what it missed."""
+        if self.hub.topic(topic.name) is not topic:
+            return
         recent = dict(topic.history)
         encoded: dict[int, bytes] = {}
         for client in list(topic.holders):

@@ -82,7 +82,12 @@ async def test_since_older_than_memory_is_read_from_jetstream_once(make_gateway,
         assert [m["seq"] for m in client.of("match.2")] == list(range(4, 21))
         assert all(m["type"] == "event" for m in client.of("match.2"))
     assert gw.node.stats.recoveries_jetstream == 1
-    await asyncio.gather(*(c.close() for c in [*clients, warm]))
+    # a client arriving a moment later (a reconnect storm spreads over seconds)
+    late = await subscribed(gw, ["match.2"], since={"match.2": 5})
+    await late.wait_for(lambda m: m.get("seq") == 20)
+    assert [m["seq"] for m in late.of("match.2")] == list(range(6, 21))
+    assert gw.node.stats.recoveries_jetstream == 1
+    await asyncio.gather(*(c.close() for c in [*clients, warm, late]))
 
 
 async def test_since_older_than_the_stream_or_ahead_gets_a_snapshot(make_gateway, nc):
