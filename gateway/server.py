@@ -141,9 +141,21 @@ class Gateway:
 
     async def drain(self) -> None:
         """SIGTERM: /readyz 503, no new handshakes, clients hinted away."""
-        log.info("draining %d connections over %ss", len(self.node.clients),
-                 self.settings.drain_window)  # fmt: skip
+        started, clients = time.monotonic(), len(self.node.clients)
+        log.info(
+            "draining",
+            extra={"event": "drain", "connections": clients, "window": self.settings.drain_window},
+        )
         await self.node.drain()
+        log.info(
+            "drained",
+            extra={
+                "event": "drained",
+                "connections": clients,
+                "left": len(self.node.clients),
+                "seconds": round(time.monotonic() - started, 2),
+            },
+        )
 
     async def stop(self) -> None:
         for task in self._tasks:
