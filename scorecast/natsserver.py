@@ -107,8 +107,10 @@ class NatsServer:
         config = Path(self.store_dir, f"{self.name}.conf")
         config.write_text(self._config())
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        # its own session: a Ctrl-C meant for `scorecast dev` must not stop
+        # nats-server before the gateway and the simulator have left it
         self.process = subprocess.Popen(
-            [self.binary, "-c", str(config)], stdout=output, stderr=output
+            [self.binary, "-c", str(config)], stdout=output, stderr=output, start_new_session=True
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
