@@ -28,10 +28,11 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 test: lint
+	@bash scripts/system-deps.sh
 	node --test tests/js/
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Node.js, Chromium, haproxy, promtool for the suite (as root; CI does this).
+# Node.js, Chromium, haproxy, promtool for the suite (installed as root).
 system-deps:
 	bash scripts/system-deps.sh
 

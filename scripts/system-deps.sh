@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # System packages the test suite needs beyond Python: Node.js (the browser
 # client's unit tests), Debian's Chromium (the real-browser test; never a
-# browser download), haproxy and promtool (they validate deploy/). Run as
-# root; CI does it before `make test`. Installs only what is missing.
+# browser download), haproxy and promtool (they validate deploy/). `make test`
+# runs this first; it installs only what is missing, with apt-get as root, and
+# otherwise says what to install.
 set -euo pipefail
 missing=()
 command -v node >/dev/null || missing+=(nodejs)
@@ -10,6 +11,11 @@ command -v node >/dev/null || missing+=(nodejs)
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v promtool >/dev/null || missing+=(prometheus)
 [ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "missing system packages: ${missing[*]}" >&2
+  echo "install them with: sudo make system-deps   (Debian/Ubuntu)" >&2
+  exit 1
+fi
 
 # keep apt from starting the haproxy and prometheus services it installs
 created_policy=0
