@@ -317,13 +317,17 @@ class Node:
     async def _load(self, topic: Topic) -> None:
         """First subscriber here: subscribe live, then read the snapshot."""
         name = topic.name
+        attempts = 0
         while self.hub.topic(name) is topic:
             try:
                 await self.broker.subscribe(name)
                 latest = await self.broker.latest(name)
                 break
             except Exception as exc:  # NATS down or timing out: keep clients waiting
-                log.warning("loading %s failed (%r); retrying", name, exc)
+                # one line per topic per outage, not one per retry
+                level = logging.WARNING if attempts == 0 else logging.DEBUG
+                log.log(level, "loading %s failed (%r); retrying", name, exc)
+                attempts += 1
                 await asyncio.sleep(RETRY_DELAY)
         else:
             if self.hub.topic(name) is None:
