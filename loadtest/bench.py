@@ -32,6 +32,7 @@ from loadtest.bench_config import (
     BenchConfig,
     fleet_size,
 )
+from scorecast.flags import csv, env_flag
 
 __all__ = ["BenchError", "add_arguments", "config_from_args", "main", "run_bench", "run_from_args"]
 
@@ -43,25 +44,17 @@ class BenchError(ValueError):
 # --- command line ---------------------------------------------------------------------
 
 
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = os.environ):
     """The flags of ``scorecast bench``; each also reads ``SCORECAST_<FLAG>``."""
     defaults = BenchConfig()
 
     def flag(name: str, kind: Callable = str, help: str = "", default=None) -> None:
         attribute = name.lstrip("-").replace("-", "_")
-        variable = "SCORECAST_" + attribute.upper()
         value = getattr(defaults, attribute) if default is None else default
-        if variable in environ:
-            value = kind(environ[variable])
-        shown = ",".join(value) if isinstance(value, tuple) else value
-        parser.add_argument(name, type=kind, default=value, help=f"{help} [{variable}, {shown}]")
+        env_flag(parser, environ, name, value, kind, help)
 
-    flag("--servers", _csv, "servers to compare: scorecast,nats,naive")
-    flag("--scenarios", _csv, "scenarios to run: hot,many,idle,storm")
+    flag("--servers", csv, "servers to compare: scorecast,nats,naive")
+    flag("--scenarios", csv, "scenarios to run: hot,many,idle,storm")
     flag("--connections", int, "connections per scenario")
     for scenario in SCENARIOS:
         flag(f"--{scenario}-connections", int, f"connections in '{scenario}' (overrides)", 0)

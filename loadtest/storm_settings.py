@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from loadtest.client import Target
 from loadtest.storm_worker import StormPlan
+from scorecast.flags import csv, env_flag
 
 __all__ = [
     "StormError",
@@ -71,24 +72,6 @@ class StormSettings:
     quiet: bool = False
 
 
-def _flag(parser, environ: Mapping[str, str], flag: str, default, kind, help: str) -> None:
-    variable = "SCORECAST_" + flag.lstrip("-").upper().replace("-", "_")
-    raw = environ.get(variable)
-    value = default
-    if raw is not None:
-        try:
-            value = kind(raw)
-        except ValueError as error:
-            parser.error(f"{variable}={raw!r}: {error}")
-    parser.add_argument(
-        flag, default=value, type=kind, help=f"{help} [{variable}, default: {default}]"
-    )
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
 def _optional_float(text: str) -> float | None:
     return None if text.lower() in ("", "none", "off") else float(text)
 
@@ -104,7 +87,7 @@ def _yes(text: str) -> bool:
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = os.environ):
     """The ``storm`` flags; each also reads ``SCORECAST_<FLAG>``."""
     d = StormSettings()
-    f = lambda *a, **k: _flag(parser, environ, *a, **k)  # noqa: E731
+    f = lambda *a, **k: env_flag(parser, environ, *a, **k)  # noqa: E731
     f(
         "--url",
         ",".join(d.urls),
@@ -177,7 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = 
 
 def settings_from_args(args: argparse.Namespace) -> StormSettings:
     return StormSettings(
-        urls=_csv(args.url), connections=args.connections, rate=args.rate,
+        urls=csv(args.url), connections=args.connections, rate=args.rate,
         workers=args.workers, per_worker=args.per_worker, sources=args.sources,
         max_pending=args.max_pending, topics=args.topics,
         topics_per_client=args.topics_per_client, zipf=args.zipf,
@@ -192,7 +175,7 @@ def settings_from_args(args: argparse.Namespace) -> StormSettings:
 
 def _pids(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(part) for part in _csv(text))
+        return tuple(int(part) for part in csv(text))
     except ValueError:
         raise StormError(f"--watch-pids takes process ids, got {text!r}") from None
 
@@ -230,7 +213,7 @@ def _sources(spec: str, connections: int, targets: int) -> tuple[str, ...]:
     elif spec.isdigit():
         count = int(spec)
     else:
-        addresses = _csv(spec)
+        addresses = csv(spec)
         for address in addresses:
             try:
                 valid = ipaddress.IPv4Address(address).is_loopback

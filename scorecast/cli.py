@@ -12,6 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
+from scorecast.flags import csv, env_flag
 from scorecast.logs import setup_logging
 
 __all__ = ["main"]
@@ -20,24 +21,14 @@ DEFAULT_NATS = "nats://127.0.0.1:4222"
 
 
 class _Flags:
-    """Adds flags whose default comes from the environment."""
+    """Adds flags to one parser; each also reads ``SCORECAST_<FLAG>``."""
 
     def __init__(self, parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
         self.parser = parser
         self.environ = environ
 
     def __call__(self, flag: str, default: Any = None, kind: Callable[[str], Any] = str, **kw):
-        variable = "SCORECAST_" + flag.lstrip("-").upper().replace("-", "_")
-        raw = self.environ.get(variable)
-        value = kind(raw) if raw is not None else default
-        help_text = kw.pop("help", "")
-        self.parser.add_argument(
-            flag, default=value, type=kind, help=f"{help_text} [{variable}, default: {default}]"
-        )
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+        env_flag(self.parser, self.environ, flag, default, kind, kw.get("help", ""))
 
 
 def _optional_int(text: str) -> int | None:
@@ -57,7 +48,7 @@ def _optional_float(text: str) -> float | None:
 
 
 def _add_nats(flags: _Flags) -> None:
-    flags("--nats", (DEFAULT_NATS,), _csv, help="NATS URL(s), comma-separated for a cluster")
+    flags("--nats", (DEFAULT_NATS,), csv, help="NATS URL(s), comma-separated for a cluster")
 
 
 def _add_stream(flags: _Flags) -> None:
@@ -171,7 +162,7 @@ def _add_gateway(flags: _Flags) -> None:
     flags("--slow-grace", 30.0, float, help="seconds a client may stay slow before 4008")
     flags("--jwt-secret", None, help="HS256 secret; tokens required when set")
     flags("--jwt-public-key", None, help="RS256/ES256 public key file (PEM)")
-    flags("--allowed-origins", (), _csv, help="allowed Origin values, comma-separated")
+    flags("--allowed-origins", (), csv, help="allowed Origin values, comma-separated")
     flags("--handshake-timeout", 10.0, float, help="seconds to complete the opening handshake")
     flags("--messages-per-second", 20.0, float, help="client messages per second, sustained")
     flags("--message-burst", 40, int, help="client messages allowed in a burst")
