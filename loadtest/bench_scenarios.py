@@ -14,7 +14,7 @@ the clients connected.
 - ``idle``: connections subscribed to one quiet topic; memory per connection.
 - ``storm``: connections opened as fast as the server takes them, each
   subscribing; connections per second until all are in, time to the first
-  snapshot (nats: the ``PONG`` after ``SUB``; naive: ``subscribed``).
+  snapshot (nats: the ``PONG`` after ``SUB``; naive and floor: ``subscribed``).
 """
 
 from __future__ import annotations
