@@ -5,15 +5,19 @@ else. A client connects to ``/ws?topics=a,b`` (the naive server's URL, so
 the generator's ``naive`` mode drives it); the server reads the request
 head, answers ``101`` with the ``Sec-WebSocket-Accept`` it must compute and
 one ``{"type":"subscribed"}`` frame, and from then on ignores what the
-client sends. Each NATS message on ``scores.<topic>`` becomes one text
-frame, built once, and is handed to ``transport.write`` of every connection
-on that topic: one write per client per event, no snapshot, no sequence
-check, no buffering policy, no per-connection state besides the topic list.
+client sends. Each NATS message on ``committed.scores.<topic>`` becomes one
+text frame, built once, and is handed to ``transport.write`` of every
+connection on that topic: one write per client per event, no snapshot, no
+sequence check, no buffering policy, no per-connection state besides the
+topic list.
 
 It is what scorecast's fan-out costs *at least* on this machine (the
 kernel's ``send()`` per delivery dominates), so ``scorecast / floor`` is the
-overhead that is scorecast's own. Its NATS side is nats-py, as in the
-gateway and the naive server: receiving costs the same per event for all.
+overhead that is scorecast's own. Its NATS side is the gateway's: nats-py
+on ``committed.scores.>``, where the SCORES stream republishes what it
+stored, so both get the same messages with the same headers at the same
+moments (when JetStream stalls and then releases several events at once,
+both see the bunch), and receiving costs both the same per event.
 
 Run: ``python -m loadtest.bench_floor --nats URL --port P``; prints
 ``ready`` once it listens and is subscribed.
@@ -30,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import nats
 
+from protocol import COMMITTED_PREFIX
 from protocol.codec import text_frame
 
 __all__ = ["FloorConnection", "main", "serve_floor"]
@@ -37,7 +42,7 @@ __all__ = ["FloorConnection", "main", "serve_floor"]
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_HEAD = 8192
 _SUBSCRIBED = text_frame(b'{"type":"subscribed"}')
-_PREFIX = len("scores.")
+_PREFIX = len(COMMITTED_PREFIX)  # committed.scores.<topic>
 
 
 def accept_value(key: bytes) -> bytes:
@@ -121,7 +126,9 @@ async def serve_floor(nats_url: str, host: str, port: int) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     nc = await nats.connect(nats_url)
-    await nc.subscribe("scores.>", cb=on_message)
+    await nc.subscribe(
+        COMMITTED_PREFIX + ">", cb=on_message, pending_msgs_limit=-1, pending_bytes_limit=-1
+    )
     await nc.flush()
     server = await loop.create_server(
         lambda: FloorConnection(audience), host, port, backlog=4096, reuse_address=True

@@ -11,6 +11,7 @@ __all__ = ["ROWS", "check_targets", "render_markdown"]
 ROWS: dict[str, list[tuple[str, str, bool]]] = {
     "hot": [
         ("server CPU per delivery (us)", "cpu_us_per_delivery", True),
+        ("server write() calls per delivery", "write_calls_per_delivery", True),
         ("deliveries per second", "deliveries_per_second", False),
         ("latency p50 (ms)", "latency_p50_ms", True),
         ("latency p99 (ms)", "latency_p99_ms", True),
@@ -41,6 +42,7 @@ ROWS["many"] = ROWS["hot"]
 ROWS["hot"] = [
     *ROWS["many"],
     ("burst: server CPU per delivery (us)", "burst_cpu_us_per_delivery", True),
+    ("burst: server write() calls per delivery", "burst_write_calls_per_delivery", True),
     ("burst: deliveries per second", "burst_deliveries_per_second", False),
     ("burst: latency p50 (ms)", "burst_latency_p50_ms", True),
     ("burst: latency p99 (ms)", "burst_latency_p99_ms", True),

@@ -45,6 +45,7 @@ def test_bench_runs_every_scenario_against_every_server(tmp_path, capsys):
         for name, figures in results[scenario].items():
             assert figures["delivered"] > 0, (scenario, name)
             assert figures["cpu_us_per_delivery"] is not None
+            assert figures["write_calls_per_delivery"] is not None
             assert figures["latency_p99_ms"] is not None
             assert figures["lost"] >= 0
         for name in ("scorecast", "floor"):  # the floor too: one frame per client per event
@@ -102,6 +103,7 @@ def test_floor_server_delivers_only_to_a_topics_subscribers(tmp_path, capsys):
     assert many["expected"] < 50 * 60  # each connection holds 3 of 20 topics
     assert many["delivered"] == many["expected"] and many["lost"] == 0
     assert many["duplicates"] == 0 and many["gaps"] == 0 and not many["errors"], many
+    assert many["write_calls"] >= 1  # counted from /proc/PID/io
     assert results["storm"]["floor"]["open"]["opened"] == 50
 
 
