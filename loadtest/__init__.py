@@ -31,6 +31,7 @@ The side-by-side benchmark (``scorecast bench``, docs/BENCHMARKS.md):
 - :mod:`loadtest.bench_fleet`     generator processes, one per 12,000 connections
 - :mod:`loadtest.bench_servers`   the servers under test and the NATS backbone
 - :mod:`loadtest.bench_naive`     the naive ``websockets.broadcast()`` server
+- :mod:`loadtest.bench_floor`     the floor: one pre-built frame written per client per event
 - :mod:`loadtest.bench_proc`, :mod:`loadtest.bench_publish`, :mod:`loadtest.bench_report`,
   :mod:`loadtest.bench_config`
 """

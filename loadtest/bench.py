@@ -1,5 +1,6 @@
 """``scorecast bench``: the same scenarios, side by side, against scorecast's
-gateway, nats-server's own WebSocket listener and a naive ``websockets``
+gateway, the floor (a bare uvloop writer of one pre-built frame per client
+per event), nats-server's own WebSocket listener and a naive ``websockets``
 broadcast server, in one invocation on one machine.
 
 One run starts a NATS backbone with JetStream (the ``SCORES`` stream), a
@@ -53,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = 
         value = getattr(defaults, attribute) if default is None else default
         env_flag(parser, environ, name, value, kind, help)
 
-    flag("--servers", csv, "servers to compare: scorecast,nats,naive")
+    flag("--servers", csv, "servers to compare: scorecast,floor,nats,naive")
     flag("--scenarios", csv, "scenarios to run: hot,many,idle,storm")
     flag("--connections", int, "connections per scenario")
     for scenario in SCENARIOS:

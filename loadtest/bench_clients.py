@@ -1,5 +1,5 @@
 """The benchmark's load generator: one lean asyncio connection class that speaks
-to all three servers under test, and the process that holds many of them.
+to every server under test, and the process that holds many of them.
 
 Why not the ``websockets`` client: a generator that spends more CPU per
 delivered message than the server measures itself, not the server (measured
@@ -17,7 +17,8 @@ Modes, one per server under test:
   sends ``CONNECT``, one ``SUB`` per topic and a ``PING``; ready at the
   ``PONG`` (every ``SUB`` processed). ``MSG`` payloads are the envelopes.
 - ``naive``: ``GET /ws?topics=a,b``; ready at the server's ``subscribed``
-  frame; frames are the envelopes as published.
+  frame; frames are the envelopes as published. The floor server
+  (:mod:`loadtest.bench_floor`) speaks the same.
 
 :func:`generator_main` runs in a child process and obeys commands from the
 parent over a pipe (see :class:`Command`), so the generator's CPU is its own.

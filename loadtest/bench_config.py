@@ -16,7 +16,7 @@ __all__ = [
 ]
 
 SCENARIOS = ("hot", "many", "idle", "storm")
-SERVER_NAMES = ("scorecast", "nats", "naive")
+SERVER_NAMES = ("scorecast", "floor", "nats", "naive")
 PER_PROCESS = 15_000  # sockets one generator holds (open-file limit 20,000 per process)
 CONNECTIONS_PER_GENERATOR = 12_000  # what --generators 0 plans for
 MAX_GENERATORS = 200  # source addresses 127.0.1.1 .. 127.0.1.200

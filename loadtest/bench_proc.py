@@ -3,7 +3,8 @@
 A server under test may be one process (nats-server, the naive server) or a
 supervisor with worker processes (``scorecast gateway --workers N``), so every
 figure is summed over the process tree: ``utime + stime`` from
-``/proc/PID/stat`` and ``VmRSS`` from ``/proc/PID/status``. Linux only.
+``/proc/PID/stat``, ``VmRSS`` from ``/proc/PID/status`` and write system
+calls from ``/proc/PID/io``. Linux only.
 """
 
 from __future__ import annotations
@@ -74,6 +75,22 @@ class ProcessTree:
                 user += int(fields[11])
                 system += int(fields[12])
         return CpuTimes(user / _TICK, system / _TICK)
+
+    def write_calls(self) -> int:
+        """``write``/``writev`` system calls so far (``syscw`` of ``/proc/PID/io``),
+        summed over the tree: how many socket writes the server made, whatever
+        its language (libuv and Go write to stream sockets with these)."""
+        total = 0
+        for pid in self.pids():
+            try:
+                text = Path(f"/proc/{pid}/io").read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("syscw:"):
+                    total += int(line.split()[1])
+                    break
+        return total
 
     def rss(self) -> int:
         """Resident memory in bytes, summed over the tree."""

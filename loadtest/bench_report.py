@@ -11,6 +11,7 @@ __all__ = ["ROWS", "check_targets", "render_markdown"]
 ROWS: dict[str, list[tuple[str, str, bool]]] = {
     "hot": [
         ("server CPU per delivery (us)", "cpu_us_per_delivery", True),
+        ("server write() calls per delivery", "write_calls_per_delivery", True),
         ("deliveries per second", "deliveries_per_second", False),
         ("latency p50 (ms)", "latency_p50_ms", True),
         ("latency p99 (ms)", "latency_p99_ms", True),
@@ -41,6 +42,7 @@ ROWS["many"] = ROWS["hot"]
 ROWS["hot"] = [
     *ROWS["many"],
     ("burst: server CPU per delivery (us)", "burst_cpu_us_per_delivery", True),
+    ("burst: server write() calls per delivery", "burst_write_calls_per_delivery", True),
     ("burst: deliveries per second", "burst_deliveries_per_second", False),
     ("burst: latency p50 (ms)", "burst_latency_p50_ms", True),
     ("burst: latency p99 (ms)", "burst_latency_p99_ms", True),
@@ -54,7 +56,12 @@ TITLES = {
     "idle": "Idle: subscribed connections, no events",
     "storm": "Storm: connections opened as fast as the server takes them",
 }
-LABELS = {"scorecast": "scorecast", "nats": "nats-server WS", "naive": "naive websockets"}
+LABELS = {
+    "scorecast": "scorecast",
+    "floor": "floor (bare writes)",
+    "nats": "nats-server WS",
+    "naive": "naive websockets",
+}
 
 
 def _get(figures: dict | None, path: str):
@@ -158,6 +165,7 @@ def check_targets(results: dict[str, dict[str, dict]]) -> list[dict]:
                 " KiB",
             )
         )
+    targets += _floor_targets(results)
     storm = results.get("storm", {})
     rate = _get(storm.get("scorecast"), "connections_per_second")
     if rate is not None:
@@ -171,6 +179,46 @@ def check_targets(results: dict[str, dict[str, dict]]) -> list[dict]:
                 "/s",
             )
         )
+    return targets
+
+
+# scenario -> the most scorecast's CPU per delivery may be, as a multiple of the floor's
+FLOOR_GOALS = {"hot": 1.2, "many": 1.3}
+MEMORY_GOAL_KIB = 5.0
+
+
+def _floor_targets(results: dict[str, dict[str, dict]]) -> list[dict]:
+    """Issue 17's targets: ratios to the floor measured in the same run."""
+    targets = []
+    for scenario, factor in FLOOR_GOALS.items():
+        by_server = results.get(scenario, {})
+        mine = _get(by_server.get("scorecast"), "cpu_us_per_delivery")
+        floor = _get(by_server.get("floor"), "cpu_us_per_delivery")
+        if mine is None or "floor" not in by_server:
+            continue
+        goal = round(factor * floor, 3) if isinstance(floor, int | float) else None
+        targets.append(
+            _target(
+                f"{scenario}: server CPU per delivery <= {factor}x the floor's",
+                mine,
+                goal,
+                lambda m, g: m <= g,
+                " us",
+            )
+        )
+    for scenario in ("idle", "hot"):  # idle measures memory alone; hot if idle did not run
+        memory = _get(results.get(scenario, {}).get("scorecast"), "rss_per_connection_kib")
+        if memory is not None:
+            targets.append(
+                _target(
+                    f"{scenario}: server memory per connection <= {MEMORY_GOAL_KIB:g} KiB",
+                    memory,
+                    MEMORY_GOAL_KIB,
+                    lambda m, g: m <= g,
+                    " KiB",
+                )
+            )
+            break
     return targets
 
 

@@ -14,7 +14,7 @@ the clients connected.
 - ``idle``: connections subscribed to one quiet topic; memory per connection.
 - ``storm``: connections opened as fast as the server takes them, each
   subscribing; connections per second until all are in, time to the first
-  snapshot (nats: the ``PONG`` after ``SUB``; naive: ``subscribed``).
+  snapshot (nats: the ``PONG`` after ``SUB``; naive and floor: ``subscribed``).
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ async def _measure(ctx: BenchContext, tree: ProcessTree, events: list[str], rate
     duration = len(events) / rate if rate > 0 else 0.0
     quiet = max(QUIET, 3.0 / rate) if rate > 0 else QUIET
     await fleet.call(Command.RESET)
-    cpu_before, fleet_before = tree.cpu(), fleet.cpu()
+    cpu_before, fleet_before, writes_before = tree.cpu(), fleet.cpu(), tree.write_calls()
     waiting = {"published": published, "deadline": duration + ctx.config.drain, "quiet": quiet}
     expecting = asyncio.ensure_future(fleet.call(Command.EXPECT, [waiting] * fleet.size))
     try:
@@ -161,6 +161,7 @@ async def _measure(ctx: BenchContext, tree: ProcessTree, events: list[str], rate
     finally:
         answers = await expecting
     cpu, fleet_cpu = tree.cpu() - cpu_before, fleet.cpu() - fleet_before
+    writes = tree.write_calls() - writes_before
     latency = LatencyHistogram()
     errors: Counter[str] = Counter()
     for answer in answers:
@@ -183,6 +184,9 @@ async def _measure(ctx: BenchContext, tree: ProcessTree, events: list[str], rate
         "dropped_connections": sum(answer["dropped"] for answer in answers),
         "server_cpu": _cpu(cpu),
         "cpu_us_per_delivery": _per(cpu.total, received, 1e6),
+        "write_calls": writes,
+        # below 1: writes joined several frames (backlog or coalescing), not one per event
+        "write_calls_per_delivery": _per(writes, received),
         "generator_cpu": _cpu(fleet_cpu),
         "generator_cpu_us_per_delivery": _per(fleet_cpu.total, received, 1e6),
         "deliveries_per_second": round(received / span) if span > 0 else None,

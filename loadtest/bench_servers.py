@@ -1,4 +1,4 @@
-"""The processes of a benchmark run: the NATS backbone and the three servers under test.
+"""The processes of a benchmark run: the NATS backbone and the servers under test.
 
 - :class:`Backbone`: nats-server with JetStream (the ``SCORES`` stream) and a
   leaf-node port. Publishers write here; its CPU is nobody's score.
@@ -8,6 +8,9 @@
   run instead of a gateway tier, and like the gateway it only receives from
   the backbone and fans out, so neither pays for JetStream's storage.
 - :class:`NaiveServer`: :mod:`loadtest.bench_naive` on the backbone.
+- :class:`FloorServer`: :mod:`loadtest.bench_floor` on the backbone, one
+  pre-built frame written per client per event: the floor every ratio is
+  taken against.
 
 Each server under test is its own process tree (``pid``), started fresh per
 scenario with :meth:`start` and ended with :meth:`stop`.
@@ -27,7 +30,15 @@ import nats
 
 from scorecast.natsserver import NatsServer, find_nats_server, free_port
 
-__all__ = ["SERVERS", "Backbone", "NaiveServer", "NatsListener", "ScorecastGateway", "ServerError"]
+__all__ = [
+    "SERVERS",
+    "Backbone",
+    "FloorServer",
+    "NaiveServer",
+    "NatsListener",
+    "ScorecastGateway",
+    "ServerError",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
@@ -143,10 +154,11 @@ class ScorecastGateway(_Process):
 
 class NaiveServer(_Process):
     name = mode = "naive"
+    module = "loadtest.bench_naive"
 
     async def start(self) -> None:
         self.port = free_port(self.host)
-        command = [sys.executable, "-m", "loadtest.bench_naive", "--nats", self.backbone.url]
+        command = [sys.executable, "-m", self.module, "--nats", self.backbone.url]
         command += ["--host", self.host, "--port", str(self.port)]
         self._spawn(command, env=_environment(), stdout=subprocess.PIPE)
         line = await asyncio.wait_for(
@@ -154,7 +166,15 @@ class NaiveServer(_Process):
         )
         if line.strip() != b"ready":
             self._check_alive()
-            raise ServerError(f"naive server said {line!r} instead of 'ready'")
+            raise ServerError(f"{self.name} server said {line!r} instead of 'ready'")
+
+
+class FloorServer(NaiveServer):
+    """:mod:`loadtest.bench_floor`; its clients speak the naive server's URL and frames."""
+
+    name = "floor"
+    mode = "naive"
+    module = "loadtest.bench_floor"
 
 
 class NatsListener(_Process):
@@ -211,4 +231,4 @@ async def _probe(listener_url: str, backbone_url: str) -> bool:
         await backbone.close()
 
 
-SERVERS = {cls.name: cls for cls in (ScorecastGateway, NatsListener, NaiveServer)}
+SERVERS = {cls.name: cls for cls in (ScorecastGateway, FloorServer, NatsListener, NaiveServer)}

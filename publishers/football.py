@@ -18,6 +18,10 @@ A match state, kept small (the last :data:`KEPT_EVENTS` events only)::
 Event kinds: ``kickoff``, ``clock``, ``goal``, ``card``, ``substitution``,
 ``period`` (HT, and the second-half kick-off) and ``fulltime``.
 
+Teams come from a :class:`League`: a simulator running several topics gives
+them one, and a club drawn for a fixture is not drawn for another until its
+fixture's topic kicks off the next one, so no club plays two matches at once.
+
 Lineups are not in the state. A squad is a function of the team's code, and a
 match resumed from a stored state rebuilds who is on the pitch from the events
 still listed there: a best effort, exact for the last few events.
@@ -26,12 +30,14 @@ still listed there: a best effort, exact for the last few events.
 from __future__ import annotations
 
 import random
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.merge_patch import apply_patch, diff
 
-__all__ = ["KEPT_EVENTS", "TEAMS", "Match", "live_line"]
+__all__ = ["KEPT_EVENTS", "TEAMS", "League", "Match", "league_teams", "live_line"]
 
 KEPT_EVENTS = 5
 
@@ -53,6 +59,15 @@ TEAMS = (
     ("Greywood Park", "GWP"),
     ("Summerton Villa", "SUV"),
 )
+
+# more clubs for simulators with more than len(TEAMS) / 2 matches: town and suffix
+_TOWNS = (
+    "Alderney", "Brackenby", "Coldharbour", "Dunmere", "Elmsworth", "Foxley", "Glenrock",
+    "Hartwell", "Ironbridge", "Juniper Bay", "Kestrel Hill", "Longmarsh", "Marlow Heath",
+    "Newhaven", "Orchard Vale", "Pinecrest", "Queensbury", "Rookhampton", "Saltmarsh",
+    "Thornbury", "Upton Cross", "Valebridge", "Whitcombe", "Yarrowdale",
+)  # fmt: skip
+_SUFFIXES = ("United", "Town", "City", "Athletic", "Rovers", "Albion", "Wanderers", "County")
 
 # fmt: off
 _SURNAMES = (
@@ -116,8 +131,83 @@ def live_line(state: Any) -> dict[str, Any] | None:
     }
 
 
+def league_teams(count: int) -> tuple[tuple[str, str], ...]:
+    """At least ``count`` clubs as ``(name, code)``, unique names and codes:
+    :data:`TEAMS` first, then towns with suffixes, then reserve sides (``II``...)."""
+    teams = list(TEAMS)
+    codes = {code for _, code in teams}
+
+    def add(name: str, stem: str) -> None:
+        code, extra = stem, 1
+        while code in codes:
+            extra += 1
+            code = f"{stem}{extra}"
+        codes.add(code)
+        teams.append((name, code))
+
+    for suffix in _SUFFIXES:
+        for town in _TOWNS:
+            if len(teams) >= count:
+                return tuple(teams)
+            add(f"{town} {suffix}", (town.replace(" ", "")[:2] + suffix[0]).upper())
+    first, reserve = tuple(teams), 2
+    while len(teams) < count:
+        for name, code in first[: count - len(teams)]:
+            add(f"{name} {_roman(reserve)}", f"{code}{reserve}")
+        reserve += 1
+    return tuple(teams)
+
+
+def _roman(number: int) -> str:
+    digits = []
+    for value, letters in zip(
+        (1000, 900, 500, 400, 100, 90, 50, 40, 10, 9, 5, 4, 1),
+        ("M", "CM", "D", "CD", "C", "XC", "L", "XL", "X", "IX", "V", "IV", "I"),
+        strict=True,
+    ):
+        count, number = divmod(number, value)
+        digits.append(letters * count)
+    return "".join(digits)
+
+
+class League:
+    """The clubs of one simulator, and how many fixtures each is in now.
+
+    :meth:`draw` picks two clubs not on a pitch; :meth:`hold` and
+    :meth:`release` count a fixture's clubs in and out (a count, not a set, so
+    fixtures stored by an older simulator with a club twice still add up).
+    """
+
+    def __init__(self, teams: Iterable[tuple[str, str]] = TEAMS) -> None:
+        self.teams = tuple(teams)
+        self.playing: Counter[str] = Counter()
+
+    @classmethod
+    def for_matches(cls, matches: int) -> League:
+        """Clubs enough that every one of ``matches`` can always find two free ones."""
+        return cls(league_teams(max(len(TEAMS), 2 * matches)))
+
+    def draw(self, rng: random.Random) -> list[tuple[str, str]]:
+        free = [team for team in self.teams if not self.playing[team[1]]]
+        if len(free) < 2:
+            raise RuntimeError(f"no two free clubs among {len(self.teams)}: a larger league")
+        return rng.sample(free, 2)
+
+    def hold(self, codes: Iterable[str]) -> None:
+        self.playing.update(codes)
+
+    def release(self, codes: Iterable[str]) -> None:
+        self.playing.subtract(codes)
+        for code in [code for code, count in self.playing.items() if count <= 0]:
+            del self.playing[code]
+
+
 class Match:
-    """One topic's fixtures, one after another; ``rng`` makes it reproducible."""
+    """One topic's fixtures, one after another; ``rng`` makes it reproducible.
+
+    ``league`` is shared by the matches of one simulator (default: a league of
+    this match alone, so any two of :data:`TEAMS`).
+    """
 
     def __init__(
         self,
@@ -128,9 +218,12 @@ class Match:
         loops: bool = True,
         halftime_minutes: int = 15,
         break_minutes: int = 10,
+        league: League | None = None,
     ) -> None:
         self.id = match_id
         self.rng = rng
+        self.league = league if league is not None else League()
+        self._holding: tuple[str, ...] = ()  # the codes this match counts in its league
         self.loops = loops
         self.halftime_minutes = halftime_minutes
         self.break_minutes = break_minutes
@@ -150,6 +243,7 @@ class Match:
         if state == self.state:
             return
         self.state = state
+        self._hold()
         self._idle = 0
         self._planned_added = None
         if not _is_match(state):
@@ -162,6 +256,27 @@ class Match:
 
     def advance(self) -> list[tuple[str, dict[str, Any]]]:
         """One match minute on; its events, maybe none (half time, after full time)."""
+        events = self._advance()
+        if events:
+            self._hold()
+        return events
+
+    def _hold(self) -> None:
+        """Count this fixture's clubs in its league until the topic's next kick-off.
+
+        Not released at full time: a simulator publishes a minute's events after
+        :meth:`advance` returns them, so another topic's kick-off drawn at that
+        moment could be stored before this full time. The next kick-off on this
+        topic comes only after its full time is stored.
+        """
+        state = self.state
+        codes = tuple(state[team]["code"] for team in ("home", "away")) if _is_match(state) else ()
+        if codes != self._holding:
+            self.league.release(self._holding)
+            self.league.hold(codes)
+            self._holding = codes
+
+    def _advance(self) -> list[tuple[str, dict[str, Any]]]:
         if not _is_match(self.state):
             return [self._kickoff()]
         period = self.state["period"]
@@ -180,7 +295,9 @@ class Match:
     # --- the timeline -----------------------------------------------------------
 
     def _kickoff(self) -> tuple[str, dict[str, Any]]:
-        (home, home_code), (away, away_code) = self.rng.sample(TEAMS, 2)
+        self.league.release(self._holding)  # the previous fixture is over, if any
+        self._holding = ()
+        (home, home_code), (away, away_code) = self.league.draw(self.rng)
         self._sides = {"home": _squad(home_code), "away": _squad(away_code)}
         self._idle = 0
         self._planned_added = None

@@ -10,7 +10,9 @@ Decisions where a spec was silent:
 - Resuming: every match starts from its topic's newest stored state, so a
   restarted simulator carries on mid-match with the same ``seq``. A finished
   match is followed, after ``break_minutes``, by a new fixture (new teams,
-  0-0) on the same topic when ``loops`` is on; without ``loops`` it stays
+  0-0) on the same topic when ``loops`` is on, drawn from the clubs not
+  playing at that moment (one league per simulator, at least two clubs per
+  match: a club never plays two matches at once); without ``loops`` it stays
   finished and the simulator ends once every match has.
 - Every event carries a fresh feed id, so an event retried after NATS went
   away mid-publish is stored once.
@@ -34,7 +36,7 @@ from typing import Any, TypeVar
 
 from publishers.connection import open_publisher
 from publishers.errors import JetStreamUnavailable, PublishError, TopicContended
-from publishers.football import Match, live_line
+from publishers.football import League, Match, live_line
 from publishers.stream import Published, TopicPublisher
 
 __all__ = ["LIVE_TOPIC", "LiveBoard", "Simulator", "run_simulator"]
@@ -79,6 +81,7 @@ class Simulator:
         self._break_minutes = break_minutes
         self._board_every = board_every
         self._board = LiveBoard(publisher)
+        self._league = League.for_matches(matches)  # a club plays one match at a time
         self.published = 0  # match events stored, for load reports
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -114,6 +117,7 @@ class Simulator:
             loops=self._loops,
             halftime_minutes=self._halftime_minutes,
             break_minutes=self._break_minutes,
+            league=self._league,
         )
 
     async def _play(self, match: Match, stop: asyncio.Event) -> None:

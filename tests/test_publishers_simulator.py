@@ -13,7 +13,7 @@ import nats
 import pytest
 
 from protocol.merge_patch import apply_patch
-from publishers.football import KEPT_EVENTS, Match, live_line
+from publishers.football import KEPT_EVENTS, League, Match, league_teams, live_line
 from publishers.simulator import LIVE_TOPIC, Simulator, run_simulator
 from publishers.stream import TopicPublisher, ensure_stream
 from tests.test_publishers_stream import assert_topic_log, stored_messages
@@ -126,6 +126,60 @@ def test_live_line():
     }
     assert live_line(None) is None
     assert live_line({"what": "ever"}) is None
+
+
+def clubs_on_a_pitch(states: dict[Any, Any], *, finished: bool = False) -> list[str]:
+    """The codes of every club in a fixture between kick-off and full time (or in
+    any fixture, ``finished`` ones too), repeats kept."""
+    return [
+        state[team]["code"]
+        for state in states.values()
+        if isinstance(state, dict) and "home" in state
+        if finished or state.get("period") != "FT"
+        for team in ("home", "away")
+    ]
+
+
+def test_a_club_plays_one_match_at_a_time():
+    """Fails on the old model: every match drew two of the 16 clubs on its own."""
+    league = League.for_matches(20)
+    matches = [
+        Match(n, random.Random(n), league=league, halftime_minutes=1, break_minutes=1)
+        for n in range(20)
+    ]
+    kickoffs = 0
+    for _ in range(400):
+        for match in matches:
+            kickoffs += sum(kind == "kickoff" for kind, _ in match.advance())
+            playing = clubs_on_a_pitch({m.id: m.state for m in matches})
+            assert len(playing) == len(set(playing)), sorted(playing)
+            held = clubs_on_a_pitch({m.id: m.state for m in matches}, finished=True)
+            assert sorted(league.playing.elements()) == sorted(held)
+    assert kickoffs >= 60  # fixtures came and went, clubs were freed and drawn again
+
+
+def test_a_resumed_fixture_keeps_its_clubs_from_other_draws():
+    league = League(TEAMS_OF_FOUR)
+    first = Match(1, random.Random(1))
+    for _ in range(3):
+        first.advance()
+    stored = {**first.state, "home": {**first.state["home"], "code": "AAA"}}
+    stored["away"] = {**stored["away"], "code": "BBB"}
+    Match(1, random.Random(2), state=stored, league=league)
+    second = Match(2, random.Random(3), league=league)
+    second.advance()
+    assert {second.state["home"]["code"], second.state["away"]["code"]} == {"CCC", "DDD"}
+
+
+TEAMS_OF_FOUR = (("A", "AAA"), ("B", "BBB"), ("C", "CCC"), ("D", "DDD"))
+
+
+def test_a_league_has_clubs_enough_with_unique_names_and_codes():
+    for count in (2, 16, 17, 220, 1000):
+        teams = league_teams(count)
+        assert len(teams) >= count
+        assert len({name for name, _ in teams}) == len({code for _, code in teams}) == len(teams)
+    assert len(League.for_matches(300).teams) >= 600
 
 
 # --- the simulator, on a real nats-server ---------------------------------------------
@@ -269,3 +323,37 @@ async def test_the_simulator_rides_out_a_nats_restart(nats_server):
                     assert after["state"]["minute"] >= before["state"]["minute"]
     finally:
         await client.close()
+
+
+async def test_no_club_is_in_two_simultaneous_matches(nc, js):
+    """Read back in stream order, the stored fixtures never have one club on two
+    pitches at once, across more matches than the 16 base clubs make pairs of and
+    several fixtures per topic. Fails on the old simulator at the first kick-offs."""
+    stop = asyncio.Event()
+    simulator = Simulator(
+        TopicPublisher(nc),
+        matches=12,
+        event_rate=4000,  # load mode: half time and breaks pass at once
+        seed=3,
+        halftime_minutes=1,
+        break_minutes=1,
+    )
+    task = asyncio.create_task(simulator.run(stop))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while simulator.published < 12 * 2 * 110 and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)
+
+    states: dict[str, Any] = {}
+    kickoffs = 0
+    for envelope in await stored_messages(js):
+        if envelope["topic"] == LIVE_TOPIC:
+            continue
+        states[envelope["topic"]] = envelope["state"]
+        kickoffs += envelope["kind"] == "kickoff"
+        playing = clubs_on_a_pitch(states)
+        assert len(playing) == len(set(playing)), (envelope["topic"], sorted(playing))
+    assert len(states) == 12
+    assert kickoffs > 12, "some topics kicked off a second fixture"
