@@ -55,9 +55,9 @@ async def js(nc):
 
 async def test_the_sample_is_published_fully_and_in_order(nc, js):
     events = load_feed(DERBY)
-    count = await replay(TopicPublisher(nc), events, speed=0)
+    done = await replay(TopicPublisher(nc), events, speed=0)
 
-    assert count == len(events)
+    assert (done.stored, done.duplicates) == (len(events), 0)
     stored = await stored_messages(js)
     assert [(e["topic"], e["kind"], e["data"]) for e in stored] == [
         (e.topic, e.kind, e.data) for e in events
@@ -74,7 +74,7 @@ async def test_replay_keeps_the_recorded_pace(nc, js, tmp_path):
     path = write_feed(tmp_path / "paced.ndjson", items)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    assert await replay(TopicPublisher(nc), load_feed(path), speed=2) == 4
+    assert (await replay(TopicPublisher(nc), load_feed(path), speed=2)).stored == 4
     assert 0.14 <= loop.time() - started < 1.0  # 0.3 s of recording at twice the speed
 
 
@@ -83,8 +83,10 @@ async def test_run_replay_connects_creates_the_stream_and_dedupes_ids(nats_serve
         tmp_path / "ids.ndjson",
         [{"topic": "match.1", "kind": "goal", "data": {"home": n}, "id": f"g{n}"} for n in (1, 2)],
     )
-    assert await run_replay(nats_server.url, path, speed=0, history=100, replicas=1) == 2
-    assert await run_replay(nats_server.url, path, speed=0, history=100, replicas=1) == 2
+    first = await run_replay(nats_server.url, path, speed=0, history=100, replicas=1)
+    again = await run_replay(nats_server.url, path, speed=0, history=100, replicas=1)
+    assert (first.stored, first.duplicates) == (2, 0)
+    assert (again.stored, again.duplicates) == (0, 2)
     js = nc.jetstream()
     assert (await js.stream_info("SCORES")).config.max_msgs_per_subject == 100
     assert [e["seq"] for e in await stored_messages(js)] == [1, 2]
