@@ -332,7 +332,10 @@ async def run_ingest(
             verifier=verifier,
             body_timeout=body_timeout,
         )
-        runner = web.AppRunner(app, access_log=None, keepalive_timeout=header_timeout)
+        # no lingering: the rest of a refused (slow, oversized) body is not read
+        runner = web.AppRunner(
+            app, access_log=None, keepalive_timeout=header_timeout, lingering_time=0
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
