@@ -227,7 +227,7 @@ class TopicPublisher:
         ts = time.time() if ts is None else ts
         async with self._locks[topic]:
             if feed_id and self._feed_ids is not None:
-                original = await self._feed_ids.lookup(feed_id)
+                original = await self._feed_ids.lookup(feed_id, topic)
                 if original is not None:
                     return await self._repeat(topic, feed_id, original)
             published, stream_seq = await self._store(topic, kind, patch, feed_id, ts)
@@ -256,7 +256,7 @@ class TopicPublisher:
             if feed_id:
                 other = ids.setdefault(feed_id, topic)
                 if other == topic and self._feed_ids is not None:
-                    original = await self._feed_ids.lookup(feed_id)
+                    original = await self._feed_ids.lookup(feed_id, topic)
                     other = topic if original is None else original.topic
                 if other != topic:
                     problems.append((index, FeedIdConflict(feed_id, topic, other)))
