@@ -3,7 +3,7 @@
 JetStream's ``Nats-Msg-Id`` de-duplication lasts the stream's duplicate
 window (2 minutes). Beyond it, the JetStream key-value bucket
 ``SCORECAST_FEED_IDS`` remembers every stored feed id for ``ttl`` (48 hours
-by default): key ``<sha256 of the id, base64url>``, value
+by default): key ``<128 bits of the id's sha256, base64url>``, value
 ``{"topic", "seq", "ts", "stream_seq"}`` of the event it was stored as.
 
 How :class:`publishers.stream.TopicPublisher` uses it, and why in this order:
@@ -90,8 +90,9 @@ _decoder = msgspec.json.Decoder(Original)
 
 def key_for(feed_id: str) -> str:
     """A bucket key for any feed id (ids may hold spaces and other characters
-    that KV keys cannot): fixed size, 43 characters."""
-    digest = hashlib.sha256(feed_id.encode()).digest()
+    that KV keys cannot): 128 bits of its SHA-256, 22 characters. Short keys
+    keep nats-server's per-subject index small; a collision needs ~2**64 ids."""
+    digest = hashlib.sha256(feed_id.encode()).digest()[:16]
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
