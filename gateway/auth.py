@@ -1,7 +1,11 @@
 """Tokens (PROTOCOL.md section 6): JWT with HS256 and a shared secret, or
 RS256/ES256 with a public key; ``exp`` required; an optional ``topics`` claim
 of patterns where ``*`` matches one token and ``>`` one or more trailing
-tokens. Without the claim every topic is allowed."""
+tokens. Without the claim every topic is allowed.
+
+Feeds at ``scorecast ingest`` use the same verifier on another claim
+(PROTOCOL.md section 8): ``TokenVerifier(..., claim="publish",
+claim_required=True)``."""
 
 from __future__ import annotations
 
@@ -40,7 +44,16 @@ def topic_allowed(pattern: str, topic: str) -> bool:
 
 
 class TokenVerifier:
-    def __init__(self, *, secret: str | None = None, public_key_file: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        secret: str | None = None,
+        public_key_file: str | None = None,
+        claim: str = "topics",
+        claim_required: bool = False,
+    ) -> None:
+        self.claim = claim
+        self.claim_required = claim_required
         if public_key_file:
             self.key: str | bytes = Path(public_key_file).read_bytes()
             self.algorithms = ["RS256", "ES256"]
@@ -64,9 +77,11 @@ class TokenVerifier:
             raise Unauthorized("token has no exp", request_id) from None
         except jwt.InvalidTokenError:
             raise Unauthorized("invalid token", request_id) from None
-        patterns = claims.get("topics")
+        patterns = claims.get(self.claim)
+        if patterns is None and self.claim_required:
+            raise Unauthorized(f"token has no {self.claim} claim", request_id)
         if patterns is not None and (
             not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns)
         ):
-            raise Unauthorized("the topics claim must be a list of strings", request_id)
+            raise Unauthorized(f"the {self.claim} claim must be a list of strings", request_id)
         return Grant(exp=int(claims["exp"]), patterns=None if patterns is None else tuple(patterns))

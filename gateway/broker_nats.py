@@ -31,6 +31,7 @@ from nats.js.errors import NotFoundError
 from gateway.broker import MessageHandler
 from protocol import COMMITTED_PREFIX, STREAM_NAME, SUBJECT_PREFIX
 from protocol.envelope import Envelope, InvalidEnvelope, decode_envelope
+from protocol.nats_auth import ANONYMOUS, NatsAuth
 from protocol.topics import subject_for
 
 __all__ = ["NatsBroker"]
@@ -51,8 +52,10 @@ class NatsBroker:
         on_resync: Callable[[str | None], Awaitable[None] | None] | None = None,
         name: str = "scorecast-gateway",
         request_timeout: float = 5.0,
+        auth: NatsAuth = ANONYMOUS,
     ) -> None:
         self.servers = servers
+        self.auth = auth
         self.on_message = on_message
         self.on_resync = on_resync
         self.name = name
@@ -80,6 +83,7 @@ class NatsBroker:
             reconnected_cb=self._reconnected,
             error_cb=self._error,
             pending_size=64 * 1024 * 1024,
+            **self.auth.options(),
         )
         self.js = self.nc.jetstream(timeout=self.request_timeout)
         await self._check_stream()

@@ -89,6 +89,7 @@ class Gateway:
             self.node.on_message,
             on_resync=self.node.resync,
             name=f"scorecast-gateway-{settings.node}",
+            auth=settings.nats_auth(),
         )
         self.rate = ConnectionRateLimiter(
             settings.connections_per_second, settings.connections_per_ip_per_second

@@ -7,6 +7,8 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from protocol.nats_auth import NatsAuth
+
 __all__ = ["GatewaySettings"]
 
 
@@ -22,6 +24,12 @@ class GatewaySettings:
     port: int = 8080
     workers: int = 1
     node: str = field(default_factory=_node_name)
+    # NATS credentials (PROTOCOL.md section 9); all None: anonymous
+    nats_creds: str | None = None
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_token: str | None = None
+    nats_tls_ca: str | None = None
     # protocol
     heartbeat: float = 20.0
     history: int = 256
@@ -53,3 +61,12 @@ class GatewaySettings:
     # set by the worker supervisor (gateway.workers), not by people
     reuse_port: bool = False
     metrics_dir: str | None = None
+
+    def nats_auth(self) -> NatsAuth:
+        return NatsAuth(
+            creds=self.nats_creds,
+            user=self.nats_user,
+            password=self.nats_password,
+            token=self.nats_token,
+            tls_ca=self.nats_tls_ca,
+        )

@@ -9,26 +9,45 @@ from collections.abc import Sequence
 import nats
 from nats.aio.client import Client
 
-from publishers.errors import JetStreamUnavailable
-from publishers.stream import TopicPublisher, ensure_stream
+from protocol.nats_auth import ANONYMOUS, NatsAuth
+from publishers.errors import JetStreamUnavailable, NatsUnreachable
+from publishers.feed_ids import FeedIds
+from publishers.stream import DUPLICATE_WINDOW, TopicPublisher, ensure_stream
 
-__all__ = ["connect", "open_publisher"]
+__all__ = ["connect", "open_publisher", "server_list"]
 
 log = logging.getLogger(__name__)
 
 _RETRY_SECONDS = 1.0
 
 
-async def connect(nats_url: str | Sequence[str], *, name: str) -> Client:
-    """Connect to ``nats_url``, reconnecting forever.
+def server_list(nats_url: str | Sequence[str]) -> list[str]:
+    """One URL, several separated by commas, or a sequence of them, as a list."""
+    urls = [nats_url] if isinstance(nats_url, str) else list(nats_url)
+    return [url.strip() for entry in urls for url in entry.split(",") if url.strip()]
+
+
+async def connect(
+    nats_url: str | Sequence[str],
+    *,
+    name: str,
+    auth: NatsAuth = ANONYMOUS,
+    give_up_after: float | None = None,
+) -> Client:
+    """Connect to ``nats_url``, reconnecting forever once connected.
 
     ``nats_url`` is one URL, several separated by commas, or a sequence of them.
+    ``auth`` carries the role's credentials (PROTOCOL.md section 9).
 
     A publisher outlives NATS restarts: while disconnected its publishes fail
     fast with :class:`~publishers.errors.JetStreamUnavailable` and it retries.
+    The first connection is retried forever too, unless ``give_up_after``
+    seconds are given: then :class:`~publishers.errors.NatsUnreachable`
+    naming the URLs (a one-shot command such as ``replay`` must end).
     """
 
     client: Client | None = None
+    last_error: list[Exception] = []
 
     async def disconnected() -> None:
         if client is None or not client.is_closed:  # closing on purpose is no news
@@ -38,11 +57,11 @@ async def connect(nats_url: str | Sequence[str], *, name: str) -> Client:
         log.info("%s: reconnected to NATS", name)
 
     async def error(exc: Exception) -> None:
+        last_error[:] = [exc]
         log.warning("%s: NATS error: %r", name, exc)
 
-    urls = [nats_url] if isinstance(nats_url, str) else list(nats_url)
-    servers = [url.strip() for entry in urls for url in entry.split(",") if url.strip()]
-    client = await nats.connect(
+    servers = server_list(nats_url)
+    attempt = nats.connect(
         servers=servers,
         name=name,
         max_reconnect_attempts=-1,
@@ -50,29 +69,61 @@ async def connect(nats_url: str | Sequence[str], *, name: str) -> Client:
         disconnected_cb=disconnected,
         reconnected_cb=reconnected,
         error_cb=error,
+        **auth.options(),
     )
+    if give_up_after is None:
+        client = await attempt
+        return client
+    try:
+        client = await asyncio.wait_for(attempt, give_up_after)
+    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        why = last_error[0] if last_error else exc
+        raise NatsUnreachable(
+            f"NATS at {','.join(servers)} unreachable after {give_up_after:g} s: {why!r}"
+        ) from None
     return client
 
 
 async def open_publisher(
-    nats_url: str | Sequence[str], *, name: str, history: int, replicas: int
+    nats_url: str | Sequence[str],
+    *,
+    name: str,
+    history: int,
+    replicas: int,
+    auth: NatsAuth = ANONYMOUS,
+    duplicate_window: float = DUPLICATE_WINDOW,
+    feed_id_ttl: float | None = None,
+    give_up_after: float | None = None,
 ) -> tuple[Client, TopicPublisher]:
-    """Connect, make sure the SCORES stream exists, and return a publisher on it.
+    """Connect, make sure the SCORES stream and the feed-id bucket exist, and
+    return a publisher on them.
 
     While JetStream is not ready yet (a cluster still electing its leaders),
-    setting up the stream is retried; a configuration the server refuses
+    setting up the stream is retried (for ``give_up_after`` seconds when
+    given); a configuration the server refuses
     (:class:`~publishers.errors.StreamConfigError`) is raised at once.
     """
-    nc = await connect(nats_url, name=name)
+    nc = await connect(nats_url, name=name, auth=auth, give_up_after=give_up_after)
+    loop = asyncio.get_running_loop()
+    deadline = None if give_up_after is None else loop.time() + give_up_after
     try:
         while True:
             try:
-                await ensure_stream(nc.jetstream(), history=history, replicas=replicas)
+                js = nc.jetstream()
+                await ensure_stream(
+                    js, history=history, replicas=replicas, duplicate_window=duplicate_window
+                )
+                feed_ids = await FeedIds.open(js, replicas=replicas, ttl=feed_id_ttl)
                 break
             except JetStreamUnavailable as exc:
+                if deadline is not None and loop.time() >= deadline:
+                    raise NatsUnreachable(
+                        f"JetStream at {','.join(server_list(nats_url))} not ready after "
+                        f"{give_up_after:g} s: {exc}"
+                    ) from None
                 log.warning("%s: setting up stream SCORES: %s; retrying", name, exc)
                 await asyncio.sleep(_RETRY_SECONDS)
     except BaseException:
         await nc.close()
         raise
-    return nc, TopicPublisher(nc)
+    return nc, TopicPublisher(nc, feed_ids=feed_ids)

@@ -7,9 +7,11 @@
         ├── FeedError               the feed sent something we refuse
         │   ├── InvalidFeed         items that break the feed format (all of them, by index)
         │   ├── FeedIdConflict      a feed id already names an event of another topic
-        │   └── EnvelopeTooLarge    the event with the topic's full state exceeds max_payload
+        │   ├── EnvelopeTooLarge    the event with the topic's full state exceeds max_payload
+        │   └── EnvelopeProblem     the patch cannot be applied or the event encoded
         └── BackendError            NATS/JetStream failed us; never the feed's fault
             ├── JetStreamUnavailable  not connected, no answer, or no SCORES stream
+            │   └── NatsUnreachable   gave up connecting after a timeout (one-shot commands)
             ├── TopicContended      still losing the race for a topic after every attempt
             ├── CorruptTopic        the newest message of a topic is not an envelope
             └── StreamConfigError   the server refused the SCORES stream configuration
@@ -25,11 +27,13 @@ from protocol.errors import ScorecastError
 __all__ = [
     "BackendError",
     "CorruptTopic",
+    "EnvelopeProblem",
     "EnvelopeTooLarge",
     "FeedError",
     "FeedIdConflict",
     "InvalidFeed",
     "JetStreamUnavailable",
+    "NatsUnreachable",
     "PublishError",
     "StreamConfigError",
     "TopicContended",
@@ -57,13 +61,18 @@ class InvalidFeed(FeedError):
 
 
 class FeedIdConflict(FeedError):
-    """A feed id was already used, within the duplicate window, on another topic."""
+    """A feed id was already stored as an event of another topic (``other_seq``
+    of ``other_topic`` when known)."""
 
-    def __init__(self, feed_id: str, topic: str, other_topic: str) -> None:
-        super().__init__(f"feed id {feed_id!r} already names an event of {other_topic!r}")
+    def __init__(
+        self, feed_id: str, topic: str, other_topic: str, other_seq: int | None = None
+    ) -> None:
+        where = other_topic if other_seq is None else f"{other_topic} seq {other_seq}"
+        super().__init__(f"feed id {feed_id!r} already names an event of {where}")
         self.feed_id = feed_id
         self.topic = topic
         self.other_topic = other_topic
+        self.other_seq = other_seq
 
 
 class EnvelopeTooLarge(FeedError):
@@ -75,12 +84,24 @@ class EnvelopeTooLarge(FeedError):
         self.size = size
 
 
+class EnvelopeProblem(FeedError):
+    """The patch cannot be applied to the topic's state, or the event encoded."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        super().__init__(f"the event of {topic!r} cannot be encoded: {reason}")
+        self.topic = topic
+
+
 class BackendError(PublishError):
     """NATS or JetStream failed us."""
 
 
 class JetStreamUnavailable(BackendError):
     """Not connected, no answer in time, or no SCORES stream: retry later."""
+
+
+class NatsUnreachable(JetStreamUnavailable):
+    """A one-shot command gave up connecting to NATS; the message names the URLs."""
 
 
 class TopicContended(BackendError):

@@ -15,6 +15,13 @@ One item is a JSON object::
 
 Other fields are ignored. A batch is a JSON object, a JSON array of objects,
 or NDJSON (one object per line, blank lines skipped). Pure functions, no I/O.
+
+Hostile input is refused here, before anything is published: ``data`` nested
+deeper than :data:`MAX_DEPTH` levels, integers outside the 64-bit range
+(JSON parsers elsewhere would turn them into floats silently, and the
+envelope encoder cannot write them), numbers out of the double range. The
+full format, with its JSON Schema, is in docs/FEEDS.md and
+``publishers/feed.schema.json``.
 """
 
 from __future__ import annotations
@@ -24,12 +31,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+import msgspec
 
 from protocol.topics import is_valid_topic
 from publishers.errors import InvalidFeed
 
 __all__ = [
+    "MAX_DEPTH",
     "MAX_ID_LENGTH",
     "MAX_KIND_LENGTH",
     "FeedEvent",
@@ -40,7 +48,9 @@ __all__ = [
     "split_batch",
 ]
 
+MAX_DEPTH = 32  # levels of objects/arrays inside ``data``
 MAX_KIND_LENGTH = 64
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what the envelope encoder can write
 MAX_ID_LENGTH = 256
 _FEED_ID = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 
@@ -53,6 +63,7 @@ class FeedEvent:
     id: str | None = None
     at: float | None = None  # recorded feeds: offset from the recording's start
     ts: float | None = None  # recorded feeds: wall clock of the recording
+    line: int | None = None  # recorded feeds: line number in the file
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +76,8 @@ class Unreadable:
 def split_batch(body: bytes) -> list[Any]:
     """The items of a body: a JSON object, a JSON array, or NDJSON lines."""
     try:
-        value = orjson.loads(body) if body.strip() else []
-    except orjson.JSONDecodeError:
+        value = _decode(body) if body.strip() else []
+    except ValueError:
         return [parse_line(line) for line in body.splitlines() if line.strip()]
     return value if isinstance(value, list) else [value]
 
@@ -74,9 +85,40 @@ def split_batch(body: bytes) -> list[Any]:
 def parse_line(line: bytes) -> Any:
     """One NDJSON line as a JSON value, or Unreadable saying why not."""
     try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        return Unreadable(f"not JSON: {exc}")
+        return _decode(line)
+    except ValueError as exc:
+        return Unreadable(str(exc))
+
+
+def _decode(text: bytes) -> Any:
+    # msgspec keeps integers of any size as ints (orjson would make floats of
+    # those beyond 64 bits), so that check_item can refuse them by name
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("not JSON this program accepts: nested too deeply") from None
+
+
+def check_value(value: Any, *, max_depth: int = MAX_DEPTH) -> None:
+    """ValueError when ``value`` nests deeper than ``max_depth`` or holds a
+    number the envelope cannot carry. Iterative: no recursion to exhaust."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= max_depth:
+                raise ValueError(f"'data' nested deeper than {max_depth} levels")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(item, bool) or item is None or isinstance(item, str):
+            continue
+        elif isinstance(item, int):
+            if not _INT_MIN <= item <= _INT_MAX:
+                raise ValueError(f"integer {str(item)[:30]} is outside the 64-bit range")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite")
 
 
 def check_batch(items: list[Any], *, paced: bool = False) -> list[FeedEvent]:
@@ -108,6 +150,7 @@ def check_item(item: Any, *, paced: bool = False) -> FeedEvent:
     data = item.get("data")
     if not isinstance(data, dict):
         raise ValueError("'data' must be a JSON object (a merge patch)")
+    check_value(data)
     feed_id = item.get("id")
     if feed_id is not None and not (
         isinstance(feed_id, str) and len(feed_id) <= MAX_ID_LENGTH and _FEED_ID.fullmatch(feed_id)

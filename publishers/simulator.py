@@ -34,10 +34,11 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from protocol.nats_auth import ANONYMOUS, NatsAuth
 from publishers.connection import open_publisher
 from publishers.errors import JetStreamUnavailable, PublishError, TopicContended
 from publishers.football import League, Match, live_line
-from publishers.stream import Published, TopicPublisher
+from publishers.stream import DUPLICATE_WINDOW, Published, TopicPublisher
 
 __all__ = ["LIVE_TOPIC", "LiveBoard", "Simulator", "run_simulator"]
 
@@ -283,10 +284,19 @@ async def run_simulator(
     loops: bool = True,
     event_rate: float | None = None,
     first_id: int = 1000,
+    auth: NatsAuth = ANONYMOUS,
+    duplicate_window: float = DUPLICATE_WINDOW,
+    feed_id_ttl: float | None = None,
 ) -> None:
     """Connect, make sure the SCORES stream exists, simulate, close."""
     nc, publisher = await open_publisher(
-        nats_url, name="scorecast-simulate", history=history, replicas=replicas
+        nats_url,
+        name="scorecast-simulate",
+        history=history,
+        replicas=replicas,
+        auth=auth,
+        duplicate_window=duplicate_window,
+        feed_id_ttl=feed_id_ttl,
     )
     try:
         simulator = Simulator(

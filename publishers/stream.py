@@ -10,7 +10,9 @@ next envelope of that topic and stores it so that a topic's ``seq`` runs
   when another publisher got there first (error 10071); it then re-reads the
   topic's newest message, re-applies the patch on top of it and tries again;
 - it sends ``Nats-Msg-Id`` (the feed's id, else ``<topic>:<seq>``), so a
-  retried publish inside the duplicate window is stored once;
+  retried publish inside the duplicate window is stored once, and checks and
+  records feed ids in :mod:`publishers.feed_ids`, so that an id is stored
+  once for 48 hours and more;
 - a topic it has not seen yet is read from JetStream first, which is how a
   restarted publisher resumes ``seq`` and ``state``.
 
@@ -23,6 +25,7 @@ is read back and compared with what we sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import defaultdict
@@ -49,14 +52,20 @@ from protocol.merge_patch import apply_patch
 from protocol.topics import subject_for, topic_of
 from publishers.errors import (
     CorruptTopic,
+    EnvelopeProblem,
     EnvelopeTooLarge,
+    FeedError,
     FeedIdConflict,
     JetStreamUnavailable,
     StreamConfigError,
     TopicContended,
 )
+from publishers.feed_ids import FeedIds, Original
 
 __all__ = ["DUPLICATE_WINDOW", "Published", "TopicPublisher", "ensure_stream"]
+
+# room for what changes between the check and the publish (seq digits, ts)
+_ENVELOPE_SLACK = 64
 
 DUPLICATE_WINDOW = 120.0  # seconds, PROTOCOL.md section 2
 
@@ -69,8 +78,17 @@ _MSG_ID = "Nats-Msg-Id"
 _EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
 
 
-async def ensure_stream(js: JetStreamContext, *, history: int = 1000, replicas: int = 1) -> None:
+async def ensure_stream(
+    js: JetStreamContext,
+    *,
+    history: int = 1000,
+    replicas: int = 1,
+    duplicate_window: float = DUPLICATE_WINDOW,
+) -> None:
     """Create the SCORES stream, or bring an existing one to this configuration.
+
+    ``duplicate_window`` is the contract's 2 minutes; tests shorten it
+    (``--duplicate-window``) to show that feed ids outlive it.
 
     Only the settings of the contract are touched; anything else an operator
     set on the stream (allow_direct, placement, ...) is kept. Safe to call
@@ -83,7 +101,7 @@ async def ensure_stream(js: JetStreamContext, *, history: int = 1000, replicas: 
         "storage": StorageType.FILE,
         "discard": DiscardPolicy.OLD,
         "max_msgs_per_subject": history,
-        "duplicate_window": DUPLICATE_WINDOW,
+        "duplicate_window": duplicate_window,
         "num_replicas": replicas,
         # stored messages only, for gateways (see protocol.COMMITTED_PREFIX)
         "republish": RePublish(src=SUBJECT_PREFIX + ">", dest=COMMITTED_PREFIX + ">"),
@@ -168,8 +186,10 @@ class TopicPublisher:
         timeout: float = 2.0,
         attempts: int = 40,
         stream: str = STREAM_NAME,
+        feed_ids: FeedIds | None = None,
     ) -> None:
         self._nc = nc
+        self._feed_ids = feed_ids
         self._js = nc.jetstream(timeout=timeout)
         self._stream = stream
         self._attempts = attempts
@@ -205,42 +225,110 @@ class TopicPublisher:
         ``EnvelopeTooLarge`` (all in :mod:`publishers.errors`).
         """
         ts = time.time() if ts is None else ts
-        subject = subject_for(topic)
         async with self._locks[topic]:
+            if feed_id and self._feed_ids is not None:
+                original = await self._feed_ids.lookup(feed_id, topic)
+                if original is not None:
+                    return await self._repeat(topic, feed_id, original)
+            published, stream_seq = await self._store(topic, kind, patch, feed_id, ts)
+            if feed_id and self._feed_ids is not None and published.seq:
+                await self._feed_ids.remember(
+                    feed_id, Original(topic, published.seq, published.ts, stream_seq)
+                )
+            return published
+
+    async def check(
+        self, items: list[tuple[str, str, Any, str | None]]
+    ) -> list[tuple[int, FeedError]]:
+        """What would fail if ``items`` (topic, kind, patch, feed_id) were published
+        now, in order, by index; empty when nothing would. Stores nothing.
+
+        Catches what storing would find too late: a feed id that names an
+        event of another topic, an envelope over the NATS max_payload, a patch
+        that cannot be applied or encoded. Raises BackendError when NATS or a
+        topic's stored head cannot be read.
+        """
+        problems: list[tuple[int, FeedError]] = []
+        states: dict[str, Any] = {}
+        ids: dict[str, str] = {}
+        limit = self._nc.max_payload - _ENVELOPE_SLACK
+        for index, (topic, kind, patch, feed_id) in enumerate(items):
+            if feed_id:
+                other = ids.setdefault(feed_id, topic)
+                if other == topic and self._feed_ids is not None:
+                    original = await self._feed_ids.lookup(feed_id, topic)
+                    other = topic if original is None else original.topic
+                if other != topic:
+                    problems.append((index, FeedIdConflict(feed_id, topic, other)))
+                    continue
+            if topic not in states:
+                async with self._locks[topic]:
+                    states[topic] = (await self._head(topic)).state
             try:
-                head = await self._head(topic)
-                for attempt in range(self._attempts):
-                    seq = head.seq + 1
-                    state = apply_patch(head.state, patch)
-                    body = encode_envelope(topic, seq, ts, kind, patch, state)
-                    headers = {
-                        _MSG_ID: message_id(topic, seq, feed_id),
-                        _EXPECTED_LAST_SUBJECT_SEQUENCE: str(head.stream_seq),
-                    }
-                    try:
-                        ack = await self._send(subject, body, headers)
-                    except _WrongLastSequence:
-                        stored = await self._last(subject)
-                        head = self._remember(topic, stored)
-                        if stored is not None and stored.data == body:
-                            return Published(topic, seq, ts, state)  # ours, sent before a timeout
-                        if feed_id and stored is not None and _msg_id(stored) == feed_id:
-                            return Published(topic, head.seq, head.ts, head.state, duplicate=True)
-                        await _back_off(attempt)
-                        continue
-                    sent = _Head(seq, ts, state, ack.seq)
-                    if not ack.duplicate:
-                        self._heads[topic] = sent
-                        return Published(topic, seq, ts, state)
-                    published = await self._duplicate(topic, feed_id, sent, body)
-                    if published is not None:
-                        return published
-                    # Another publisher stored <topic>:<seq> first: read it and go on.
-                    head = self._remember(topic, await self._last(subject))
+                state = apply_patch(states[topic], patch)
+                size = len(encode_envelope(topic, 1, time.time(), kind, patch, state))
+            except (RecursionError, TypeError, ValueError) as exc:
+                problems.append((index, EnvelopeProblem(topic, str(exc))))
+                continue
+            if size > limit:
+                problems.append((index, EnvelopeTooLarge(topic, size)))
+                continue
+            states[topic] = state
+        return problems
+
+    async def _repeat(self, topic: str, feed_id: str, original: Original) -> Published:
+        """The answer to an id stored before: a duplicate naming the original."""
+        if original.topic != topic:
+            raise FeedIdConflict(feed_id, topic, original.topic, original.seq)
+        state = None
+        stored = await self._get(original.stream_seq)
+        if stored is not None and stored.subject == subject_for(topic):
+            with contextlib.suppress(CorruptTopic):
+                seq, _, stored_state = _decoded(topic, stored.data)
+                state = stored_state if seq == original.seq else None
+        return Published(topic, original.seq, original.ts, state, duplicate=True)
+
+    async def _store(
+        self, topic: str, kind: str, patch: Any, feed_id: str | None, ts: float
+    ) -> tuple[Published, int]:
+        """Publish under the topic's lock; the event as stored and its stream seq."""
+        subject = subject_for(topic)
+        try:
+            head = await self._head(topic)
+            for attempt in range(self._attempts):
+                seq = head.seq + 1
+                state = apply_patch(head.state, patch)
+                body = encode_envelope(topic, seq, ts, kind, patch, state)
+                headers = {
+                    _MSG_ID: message_id(topic, seq, feed_id),
+                    _EXPECTED_LAST_SUBJECT_SEQUENCE: str(head.stream_seq),
+                }
+                try:
+                    ack = await self._send(subject, body, headers)
+                except _WrongLastSequence:
+                    stored = await self._last(subject)
+                    head = self._remember(topic, stored)
+                    if stored is not None and stored.data == body:
+                        # ours, sent before a timeout
+                        return Published(topic, seq, ts, state), head.stream_seq
+                    if feed_id and stored is not None and _msg_id(stored) == feed_id:
+                        duplicate = Published(topic, head.seq, head.ts, head.state, duplicate=True)
+                        return duplicate, head.stream_seq
                     await _back_off(attempt)
-            except JetStreamUnavailable:
-                self._heads.pop(topic, None)  # the outcome is unknown: re-read next time
-                raise
+                    continue
+                sent = _Head(seq, ts, state, ack.seq)
+                if not ack.duplicate:
+                    self._heads[topic] = sent
+                    return Published(topic, seq, ts, state), ack.seq
+                published = await self._duplicate(topic, feed_id, sent, body)
+                if published is not None:
+                    return published, sent.stream_seq
+                # Another publisher stored <topic>:<seq> first: read it and go on.
+                head = self._remember(topic, await self._last(subject))
+                await _back_off(attempt)
+        except JetStreamUnavailable:
+            self._heads.pop(topic, None)  # the outcome is unknown: re-read next time
+            raise
         raise TopicContended(topic, self._attempts)
 
     async def _duplicate(

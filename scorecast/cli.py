@@ -49,6 +49,35 @@ def _optional_float(text: str) -> float | None:
 
 def _add_nats(flags: _Flags) -> None:
     flags("--nats", (DEFAULT_NATS,), csv, help="NATS URL(s), comma-separated for a cluster")
+    # credentials (PROTOCOL.md section 9, docs/SECURITY-NATS.md)
+    flags("--nats-creds", None, help="NATS credentials file (user JWT + NKey seed)")
+    flags("--nats-user", None, help="NATS user name (with --nats-password)")
+    flags("--nats-password", None, help="NATS password (prefer the environment variable)")
+    flags("--nats-token", None, help="NATS authorization token")
+    flags("--nats-tls-ca", None, help="CA file (PEM) to verify the NATS servers' TLS")
+
+
+def nats_auth(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None):
+    """The NATS credentials of the parsed flags; a bad combination is a usage error."""
+    from protocol.nats_auth import NatsAuth
+
+    try:
+        return NatsAuth(
+            creds=args.nats_creds,
+            user=args.nats_user,
+            password=args.nats_password,
+            token=args.nats_token,
+            tls_ca=args.nats_tls_ca,
+        )
+    except ValueError as error:
+        if parser is None:
+            raise
+        parser.error(str(error))
+
+
+def _add_publisher(flags: _Flags) -> None:
+    flags("--duplicate-window", 120.0, float, help="JetStream duplicate window, s (tests only)")
+    flags("--feed-id-ttl", 48 * 3600.0, float, help="seconds feed ids are remembered (>= 48 h)")
 
 
 def _add_stream(flags: _Flags) -> None:
@@ -78,6 +107,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     simulate = _Flags(commands.add_parser("simulate", help="publish simulated matches"), environ)
     _add_nats(simulate)
     _add_stream(simulate)
+    _add_publisher(simulate)
     simulate("--matches", 10, int, help="concurrent matches")
     simulate("--minute-seconds", 1.0, float, help="real seconds per match minute")
     simulate("--seed", None, int, help="random seed for a reproducible run")
@@ -91,13 +121,28 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     ingest("--port", 8090, int, help="listen port")
     ingest("--max-body", 1024 * 1024, int, help="largest request body, bytes")
     ingest("--max-batch", 1000, int, help="most events in one request")
+    _add_publisher(ingest)
+    ingest("--jwt-secret", None, help="HS256 secret; feed tokens required when set")
+    ingest("--jwt-public-key", None, help="RS256/ES256 public key file (PEM) for feed tokens")
+    ingest("--header-timeout", 10.0, float, help="seconds to send a request's head")
+    ingest("--body-timeout", 10.0, float, help="seconds to send a request's body (else 408)")
 
-    replay_parser = commands.add_parser("replay", help="publish a recorded NDJSON feed")
-    replay_parser.add_argument("file")
+    replay_parser = commands.add_parser(
+        "replay",
+        help="publish a recorded NDJSON feed",
+        description="Publish a recorded NDJSON feed, one feed item per line. The feed "
+        "format (fields, at/ts pacing, ids, merge-patch data, resetting a topic) is "
+        "described in docs/FEEDS.md, with a JSON Schema in publishers/feed.schema.json. "
+        "Exit status: 0 done, 1 bad lines or NATS unreachable (nothing published), "
+        "2 usage error or missing file.",
+    )
+    replay_parser.add_argument("file", help="NDJSON feed file (format: docs/FEEDS.md)")
     replay = _Flags(replay_parser, environ)
     _add_nats(replay)
     _add_stream(replay)
+    _add_publisher(replay)
     replay("--speed", 1.0, float, help="pace factor; 0 publishes as fast as possible")
+    replay("--connect-timeout", 10.0, float, help="seconds before giving up on NATS")
 
     watch = _Flags(
         commands.add_parser("watch", help="print topics' updates as JSON lines"), environ
@@ -201,8 +246,11 @@ def run_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    if hasattr(args, "nats_creds"):
+        auth = nats_auth(args, parser)
     if args.command == "gateway":
         settings = gateway_settings(args)
         if settings.workers > 1:
@@ -226,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
                     replicas=args.replicas,
                     event_rate=args.event_rate,
                     first_id=args.first_id,
+                    auth=auth,
+                    duplicate_window=args.duplicate_window,
+                    feed_id_ttl=args.feed_id_ttl,
                     stop=stop,
                 )
             )
@@ -243,23 +294,21 @@ def main(argv: list[str] | None = None) -> int:
                     replicas=args.replicas,
                     max_body=args.max_body,
                     max_batch=args.max_batch,
+                    jwt_secret=args.jwt_secret,
+                    jwt_public_key=args.jwt_public_key,
+                    header_timeout=args.header_timeout,
+                    body_timeout=args.body_timeout,
+                    auth=auth,
+                    duplicate_window=args.duplicate_window,
+                    feed_id_ttl=args.feed_id_ttl,
                     stop=stop,
                 )
             )
         )
     elif args.command == "replay":
-        from publishers.replay import run_replay
+        from publishers.replay import replay_command
 
-        count = run_loop(
-            run_replay(
-                list(args.nats),
-                args.file,
-                speed=args.speed,
-                history=args.history,
-                replicas=args.replicas,
-            )
-        )
-        print(f"published {count} events")
+        return run_loop(until_signalled(lambda stop: replay_command(args, auth, stop)))
     elif args.command == "watch":
         from scorecast.client import run_watch
 

@@ -12,6 +12,11 @@ A cluster is usable in two steps, and both need waiting: the nodes accept
 clients as soon as they listen, but JetStream answers only once the nodes have
 elected a meta leader, and a stream with three replicas can be placed only
 once the leader knows all three peers.
+
+NATS runs with authorization, as in production (PROTOCOL.md section 9): one
+user per role (:mod:`scorecast.nats_roles`), passwords made up for the run,
+nobody anonymous. The gateways and the simulator connect with their role's
+credentials; the publisher's are printed, for ingest and replay.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import shutil
 import signal
 import tempfile
@@ -31,16 +37,30 @@ import nats.errors
 
 from gateway.server import Gateway
 from gateway.settings import GatewaySettings
+from protocol.nats_auth import ANONYMOUS, NatsAuth
 from publishers.errors import BackendError
 from publishers.simulator import run_simulator
 from publishers.stream import ensure_stream
+from scorecast.nats_roles import authorization
 from scorecast.natsserver import NatsServer, free_port
 
-__all__ = ["NatsCluster", "ensure_scores_stream", "run_cluster"]
+__all__ = ["NatsCluster", "Roles", "ensure_scores_stream", "run_cluster"]
 
 log = logging.getLogger("scorecast.cluster")
 
 POLL = 0.2  # seconds between two readiness probes
+
+
+class Roles:
+    """Credentials of the two NATS roles, with passwords made up on the spot."""
+
+    def __init__(self) -> None:
+        self.gateway = NatsAuth(user="gateway", password=secrets.token_urlsafe(18))
+        self.publisher = NatsAuth(user="publisher", password=secrets.token_urlsafe(18))
+
+    def config(self) -> str:
+        """The nats-server ``authorization`` block granting exactly these roles."""
+        return authorization(f'"{self.gateway.password}"', f'"{self.publisher.password}"')
 
 
 class NatsCluster:
@@ -61,6 +81,7 @@ class NatsCluster:
         base_dir: str | None = None,
         binary: str | None = None,
         name: str = "scorecast",
+        extra_config: str = "",
     ) -> None:
         if size < 1:
             raise ValueError(f"a cluster needs at least one node, not {size}")
@@ -84,6 +105,7 @@ class NatsCluster:
                     cluster_name=name,
                     binary=binary,
                     log_file=str(self.base_dir / f"{node}.log"),
+                    extra_config=extra_config,
                 )
             )
 
@@ -123,7 +145,7 @@ class NatsCluster:
         if self._own_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
-    async def wait_for_jetstream(self, timeout: float = 30.0) -> None:
+    async def wait_for_jetstream(self, timeout: float = 30.0, auth: NatsAuth = ANONYMOUS) -> None:
         """Return once every running node answers JetStream requests.
 
         A node answers ``$JS.API.INFO`` only after the meta group has a
@@ -132,7 +154,9 @@ class NatsCluster:
         deadline = time.monotonic() + timeout
         for server in self.servers:
             if server.process is not None:
-                await _until(deadline, f"JetStream on {server.url}", _account_info, server.url)
+                await _until(
+                    deadline, f"JetStream on {server.url}", _account_info, server.url, auth
+                )
 
     def __enter__(self) -> NatsCluster:
         return self.start()
@@ -141,8 +165,10 @@ class NatsCluster:
         self.stop()
 
 
-async def _account_info(url: str) -> None:
-    nc = await nats.connect(servers=[url], allow_reconnect=False, connect_timeout=1)
+async def _account_info(url: str, auth: NatsAuth) -> None:
+    nc = await nats.connect(
+        servers=[url], allow_reconnect=False, connect_timeout=1, **auth.options()
+    )
     try:
         await nc.jetstream(timeout=1.0).account_info()
     finally:
@@ -150,14 +176,21 @@ async def _account_info(url: str) -> None:
 
 
 async def ensure_scores_stream(
-    nats_url: str, *, replicas: int = 3, history: int = 1000, timeout: float = 30.0
+    nats_url: str,
+    *,
+    replicas: int = 3,
+    history: int = 1000,
+    timeout: float = 30.0,
+    auth: NatsAuth = ANONYMOUS,
 ) -> None:
     """Create (or bring to this configuration) SCORES, retrying while the
     cluster cannot place ``replicas`` copies yet."""
 
     async def attempt() -> None:
         servers = nats_url.split(",")
-        nc = await nats.connect(servers=servers, allow_reconnect=False, connect_timeout=1)
+        nc = await nats.connect(
+            servers=servers, allow_reconnect=False, connect_timeout=1, **auth.options()
+        )
         try:
             await ensure_stream(nc.jetstream(timeout=2.0), history=history, replicas=replicas)
         finally:
@@ -208,19 +241,24 @@ async def run_cluster(
     if signals:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-    cluster = NatsCluster(3, client_port=nats_port, binary=nats_server_bin)
+    roles = Roles()
+    cluster = NatsCluster(
+        3, client_port=nats_port, binary=nats_server_bin, extra_config=roles.config()
+    )
     nodes: list[Gateway] = []
     simulator: asyncio.Task | None = None
     try:
         await asyncio.to_thread(cluster.start)
-        await cluster.wait_for_jetstream()
-        await ensure_scores_stream(cluster.nats_url, replicas=replicas)
+        await cluster.wait_for_jetstream(auth=roles.publisher)
+        await ensure_scores_stream(cluster.nats_url, replicas=replicas, auth=roles.publisher)
         for index in range(gateways):
             settings = GatewaySettings(
                 nats=tuple(cluster.urls),
                 host=host,
                 port=port + index if port else 0,
                 node=f"gw{index + 1}",
+                nats_user=roles.gateway.user,
+                nats_password=roles.gateway.password,
             )
             nodes.append(Gateway(settings))
             await nodes[-1].start()
@@ -233,6 +271,7 @@ async def run_cluster(
                 history=1000,
                 replicas=replicas,
                 stop=stop,
+                auth=roles.publisher,
             )
         )
         for server in cluster.servers:
@@ -240,6 +279,11 @@ async def run_cluster(
         for node in nodes:
             base = f"{host}:{node.port}"
             print(f"WebSocket: ws://{base}/ws  (metrics http://{base}/metrics)", flush=True)
+        print(
+            f"Publish:   --nats {cluster.nats_url} --nats-user publisher "
+            f"--nats-password {roles.publisher.password}  (anonymous clients are refused)",
+            flush=True,
+        )
         print(f"Stream:    SCORES, {replicas} replicas; Ctrl-C stops everything", flush=True)
         await _wait_either(stop, simulator)
     finally:

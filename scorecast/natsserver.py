@@ -66,8 +66,10 @@ class NatsServer:
         websocket_port: int | None = None,
         binary: str | None = None,
         log_file: str | None = None,
+        extra_config: str = "",
     ) -> None:
         self.host = host
+        self.extra_config = extra_config  # appended verbatim (authorization, ...)
         self.port = port or free_port(host)
         self.store_dir = store_dir or tempfile.mkdtemp(prefix="scorecast-js-")
         self.name = name or f"n{self.port}"
@@ -101,6 +103,8 @@ class NatsServer:
                 f'websocket {{ listen: "{self.host}:{self.websocket_port}", '
                 "no_tls: true, compression: false }"
             )
+        if self.extra_config:
+            lines.append(self.extra_config)
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 15.0) -> NatsServer:

@@ -187,6 +187,23 @@ async def test_run_cluster_serves_the_simulation(capsys):
             await client.send({"type": "subscribe", "id": 1, "topics": ["match.1000"]})
             await client.wait_for(lambda m: m.get("topic") == "match.1000" and m["seq"] > 0)
             await client.close()
+        # under authorization (PROTOCOL.md section 9): nobody anonymous
+        for url in nats_urls:
+            with pytest.raises((nats.errors.Error, OSError)):
+                anonymous = await nats.connect(
+                    url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2
+                )
+                await anonymous.close()
+        [publish] = [line.split() for line in printed if line.startswith("Publish:")]
+        password = publish[publish.index("--nats-password") + 1]
+        publisher = await nats.connect(
+            nats_urls[0], user="publisher", password=password, allow_reconnect=False
+        )
+        try:  # the publisher's credentials work, for ingest and replay
+            info = await publisher.jetstream(timeout=5).stream_info(STREAM_NAME)
+            assert info.config.num_replicas == 3 and info.state.messages > 0
+        finally:
+            await publisher.close()
     finally:
         stop.set()
         await asyncio.wait_for(running, 30)

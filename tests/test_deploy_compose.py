@@ -217,7 +217,7 @@ def test_nats_config_is_valid_for_every_node():
             [binary, "-t", "-c", str(REPO / "deploy" / "nats" / "nats.conf")],
             capture_output=True,
             text=True,
-            env={"SERVER_NAME": name},
+            env={"SERVER_NAME": name, "NATS_GATEWAY_PASSWORD": "g", "NATS_PUBLISHER_PASSWORD": "p"},
         )
         assert result.returncode == 0, result.stderr + result.stdout
     text = (REPO / "deploy" / "nats" / "nats.conf").read_text()

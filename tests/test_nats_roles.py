@@ -1,0 +1,192 @@
+"""NATS under authorization (PROTOCOL.md section 9): one user per role,
+nobody anonymous, against real nats-server processes.
+
+- anonymous clients are refused;
+- a publisher with its credentials sets up SCORES and the feed-id bucket
+  and stores events;
+- a gateway (a real ``scorecast gateway`` process, credentials from its
+  flags) serves snapshots, replays (JetStream reads with ordered
+  consumers) and live events, end to end, and is refused when it publishes
+  to ``scores.>`` (permissions violation, nothing stored);
+- the shipped deploy/nats/authorization.conf is what scorecast/nats_roles.py
+  grants, and nats-server accepts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import subprocess
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+
+from protocol.nats_auth import NatsAuth
+from publishers.connection import open_publisher
+from publishers.errors import NatsUnreachable
+from scorecast.nats_roles import authorization
+from scorecast.natsserver import NatsServer, find_nats_server, free_port
+from tests.support import Recorder, start_gateway
+from tests.test_publishers_stream import stored_messages
+
+REPO = Path(__file__).resolve().parents[1]
+GATEWAY = NatsAuth(user="gateway", password="gateway-secret")
+PUBLISHER = NatsAuth(user="publisher", password="publisher-secret")
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def secured_nats(tmp_path):
+    """A nats-server with the shipped roles and known passwords."""
+    (tmp_path / "js").mkdir()
+    server = NatsServer(
+        store_dir=str(tmp_path / "js"),
+        binary=os.environ.get("NATS_SERVER_BIN"),
+        log_file=str(tmp_path / "nats.log"),
+        extra_config=authorization('"gateway-secret"', '"publisher-secret"'),
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+async def _connect(url: str, auth: NatsAuth | None = None, errors: list | None = None):
+    async def error_cb(exc: Exception) -> None:
+        if errors is not None:
+            errors.append(exc)
+
+    return await nats.connect(
+        url,
+        allow_reconnect=False,
+        max_reconnect_attempts=0,
+        connect_timeout=2,
+        error_cb=error_cb,
+        **(auth.options() if auth else {}),
+    )
+
+
+async def test_anonymous_and_wrong_password_are_refused(secured_nats):
+    for auth in (None, NatsAuth(user="gateway", password="guess"), NatsAuth(token="t")):
+        with pytest.raises((nats.errors.Error, OSError)):
+            client = await _connect(secured_nats.url, auth)
+            await client.close()
+
+
+async def test_a_publisher_without_credentials_gives_up_naming_the_url(secured_nats):
+    with pytest.raises(NatsUnreachable, match=secured_nats.url):
+        await open_publisher(secured_nats.url, name="t", history=10, replicas=1, give_up_after=2.0)
+
+
+async def test_publisher_and_gateway_roles_end_to_end(secured_nats):
+    nc, publisher = await open_publisher(
+        secured_nats.url, name="t", history=100, replicas=1, auth=PUBLISHER
+    )
+    port = free_port()
+    gateway = None
+    client = None
+    try:
+        for minute in range(1, 4):
+            await publisher.publish("match.1", "clock", {"minute": minute}, feed_id=f"c{minute}")
+        gateway = await asyncio.to_thread(
+            start_gateway, secured_nats.url, port, "--workers", "1",
+            "--nats-user", "gateway", "--nats-password", "gateway-secret",
+        )  # fmt: skip
+        client = await Recorder.open(f"ws://127.0.0.1:{port}/ws")
+        # a replay from seq 1 (JetStream reads), then live events
+        await client.send(
+            {
+                "type": "subscribe",
+                "id": 1,
+                "topics": ["match.1", "match.2"],
+                "since": {"match.1": 1},
+            }
+        )
+        await client.wait_for(lambda m: m.get("topic") == "match.1" and m.get("seq") == 3)
+        await client.wait_for(lambda m: m["type"] == "snapshot" and m["topic"] == "match.2")
+        await publisher.publish("match.1", "goal", {"home": 1}, feed_id="g1")
+        await publisher.publish("match.2", "kickoff", {"minute": 0})
+        last = await client.wait_for(lambda m: m.get("topic") == "match.1" and m.get("seq") == 4)
+        assert last["type"] == "event" and last["data"] == {"home": 1}
+        await client.wait_for(lambda m: m.get("topic") == "match.2" and m.get("seq") == 1)
+        frames = client.of("match.1")
+        assert [m["seq"] for m in frames if m["type"] == "event"] == [2, 3, 4]
+        # a repeated feed id is a duplicate, and never reaches the client
+        again = await publisher.publish("match.1", "clock", {"minute": 1}, feed_id="c1")
+        assert (again.duplicate, again.seq) == (True, 1)
+        await publisher.publish("match.1", "clock", {"minute": 5})
+        await client.wait_for(lambda m: m.get("topic") == "match.1" and m.get("seq") == 5)
+        assert [m["seq"] for m in client.of("match.1")] == [2, 3, 4, 5]
+    finally:
+        if client is not None:
+            await client.close()
+        if gateway is not None:
+            gateway.terminate()
+            await asyncio.to_thread(gateway.wait, 10)
+        await nc.close()
+
+
+async def test_the_gateway_role_cannot_publish_scores_or_change_the_stream(secured_nats):
+    nc, publisher = await open_publisher(
+        secured_nats.url, name="t", history=100, replicas=1, auth=PUBLISHER
+    )
+    errors: list[Exception] = []
+    gateway = await _connect(secured_nats.url, GATEWAY, errors)
+    try:
+        await publisher.publish("match.1", "clock", {"minute": 1})
+        js = gateway.jetstream(timeout=1.0)
+        with pytest.raises(nats.errors.Error):
+            await js.publish("scores.match.1", b'{"topic": "match.1", "seq": 2}')
+        await gateway.publish("scores.match.1", b"phantom")
+        await gateway.flush()
+        for _ in range(50):
+            if any("Permissions Violation" in str(e) for e in errors):
+                break
+            await asyncio.sleep(0.05)
+        assert any("scores.match.1" in str(e) for e in errors), errors
+        with pytest.raises(nats.errors.Error):
+            await js.delete_stream("SCORES")
+        # what a gateway may do: read the stream
+        assert (await js.stream_info("SCORES")).state.messages == 1
+        assert (await js.get_last_msg("SCORES", "scores.match.1")).data
+        assert len(await stored_messages(nc.jetstream())) == 1
+        # and what a publisher may not: read committed events
+        with pytest.raises(nats.errors.Error):
+            sub = await nc.subscribe("committed.scores.>")
+            await nc.flush()
+            await sub.next_msg(timeout=0.5)
+    finally:
+        await gateway.close()
+        await nc.close()
+
+
+def test_the_shipped_config_is_the_roles_and_valid():
+    roles = authorization("$NATS_GATEWAY_PASSWORD", "$NATS_PUBLISHER_PASSWORD")
+    for config in ("authorization.conf", "nats.conf"):  # nats.conf: docker-compose.yml
+        assert roles in (REPO / "deploy" / "nats" / config).read_text(), config
+    env = {"NATS_GATEWAY_PASSWORD": "a", "NATS_PUBLISHER_PASSWORD": "b", "SERVER_NAME": "nats1"}
+    for config in ("authorization.conf", "nats.conf"):
+        result = subprocess.run(
+            [find_nats_server(os.environ.get("NATS_SERVER_BIN")), "-t", "-c",
+             str(REPO / "deploy" / "nats" / config)],
+            capture_output=True, text=True, env=env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_nats_auth_options():
+    assert NatsAuth().options() == {}
+    assert NatsAuth(creds="/x.creds").options() == {"user_credentials": "/x.creds"}
+    assert NatsAuth(user="u", password="p").options() == {"user": "u", "password": "p"}
+    assert NatsAuth(token="t").options() == {"token": "t"}
+    assert "p" not in repr(NatsAuth(user="u", password="p"))
+    with pytest.raises(ValueError):
+        NatsAuth(user="u")
+    with pytest.raises(ValueError):
+        NatsAuth(user="u", password="p", token="t")
+    ca = ssl.get_default_verify_paths().cafile
+    if ca and Path(ca).exists():
+        assert isinstance(NatsAuth(tls_ca=ca).options()["tls"], ssl.SSLContext)
