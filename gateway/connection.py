@@ -8,13 +8,25 @@ pongs, close frames) or whole server frames the node encoded once per event
 and hands over to ``write()``, which puts them straight on the transport.
 Pings, handshake and close timeouts are swept by :class:`gateway.server.Gateway`
 for all connections at once.
+
+What a slow reader is owed stays where it can still be dropped. The kernel's
+send buffer is bounded per socket (``--socket-send-buffer``, SO_SNDBUF) and
+the transport's buffer by its high-water mark: past it (``pause_writing``)
+frames wait in ``withheld``, in user space, split at frame boundaries. A
+slow-consumer close (4008) discards the withheld frames and the outbox, so
+the close frame follows at most the transport's and the kernel's buffers
+(about 300 KB) instead of megabytes of stale events, and the client reads
+4008 within moments. Other closes still deliver what is owed first (an
+error, a ``reconnect`` hint).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -39,6 +51,10 @@ __all__ = ["Client"]
 ABUSE_WINDOW = 60.0
 RATE_WINDOW = 10.0
 PING_FRAME = b"\x89\x00"  # an empty, unmasked ping: the same bytes for everyone
+# one write to the transport at most this big (whole frames; a larger frame
+# goes alone): with uvloop's 64 KiB high-water mark, a paused transport holds
+# at most about 128 KiB that a slow close cannot take back
+WRITE_CHUNK = 64 * 1024
 
 # websockets logs every connection's opening and closing at INFO: one line per
 # connection is too many for a gateway holding millions.
@@ -66,6 +82,8 @@ class Client(asyncio.Protocol):
         "started",
         "transport",
         "waiting",
+        "withheld",
+        "withheld_bytes",
         "writable",
         "ws",
     )
@@ -90,23 +108,54 @@ class Client(asyncio.Protocol):
         self.closed = False
         # True while the protocol is OPEN: a plain flag, read on every write
         self.writable = False
+        # frames waiting while the transport is paused (None: not paused)
+        self.withheld: list[bytes] | None = None
+        self.withheld_bytes = 0
 
     # --- what the node calls --------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.writable:
+        if not self.writable:
+            return
+        if self.withheld is not None:
+            self.withheld.append(data)
+            self.withheld_bytes += len(data)
+            return
+        if len(data) <= WRITE_CHUNK:
             self.transport.write(data)
+            return
+        # a burst: hand it over in chunks while the transport takes them
+        # (pause_writing() sets withheld from inside transport.write)
+        view, start, end = memoryview(data), 0, len(data)
+        while start < end:
+            if self.withheld is not None:
+                rest = data[start:]
+                self.withheld.append(rest)
+                self.withheld_bytes += len(rest)
+                return
+            cut = _frames_within(data, start, WRITE_CHUNK)
+            self.transport.write(view[start:cut])
+            start = cut
 
     def unsent(self) -> int:
-        return self.transport.get_write_buffer_size()
+        return self.transport.get_write_buffer_size() + self.withheld_bytes
 
     def close(self, code: int, reason: str) -> None:
-        """Close with ``code`` once what is owed (an error, a hint) went out."""
+        """Close with ``code`` once what is owed (an error, a hint) went out;
+        a slow consumer's backlog is dropped instead, so that it sees 4008."""
         if self.closed:
             return
-        owed = self.outbox.take()
-        if owed:
-            self.write(owed)
+        withheld, self.withheld = self.withheld, None
+        self.withheld_bytes = 0
+        if code == CloseCode.SLOW_CONSUMER:
+            owed = self.outbox.frames
+            self.outbox.frames = []
+            dropped = sum(map(len, owed)) + sum(map(len, withheld or ()))
+            self.gateway.node.stats.slow_bytes_dropped += dropped
+        else:
+            owed = self.outbox.take()
+            if self.writable and (withheld or owed):
+                self.transport.write(b"".join([*(withheld or ()), owed]))
         self.closed = True
         self.writable = False
         self.closing_since = time.monotonic()
@@ -121,7 +170,23 @@ class Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        send_buffer = self.gateway.settings.socket_send_buffer
+        if send_buffer:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # the kernel doubles it (bookkeeping): 64 KiB holds 128
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         self.gateway.connection_made(self)
+
+    def pause_writing(self) -> None:
+        if self.withheld is None:
+            self.withheld = []
+
+    def resume_writing(self) -> None:
+        withheld, self.withheld = self.withheld, None
+        self.withheld_bytes = 0
+        if withheld:
+            self.write(b"".join(withheld))
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = time.monotonic()
@@ -144,7 +209,12 @@ class Client(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.writable = False
+        self.withheld, self.withheld_bytes = None, 0
         self.gateway.connection_lost(self)
+        # The protocol's parser is a generator holding the protocol: a cycle
+        # that only the cyclic collector would free, and the gateway runs it
+        # rarely (see run_gateway). Closing the generator frees it at once.
+        self.ws.parser.close()
 
     # --- inside ---------------------------------------------------------------
 
@@ -236,3 +306,22 @@ class Client(asyncio.Protocol):
                 node.authenticate(self, message)
         except ClientError as error:
             node.send_error(self, error)
+
+
+def _frames_within(data: bytes, start: int, limit: int) -> int:
+    """The end of the last whole frame of ``data[start:]`` that fits in
+    ``limit`` bytes (at least one frame). Server frames are unmasked."""
+    end, position, size = len(data), start, 0
+    while position < end:
+        length = data[position + 1] & 0x7F
+        header = 2
+        if length == 126:
+            length, header = int.from_bytes(data[position + 2 : position + 4]), 4
+        elif length == 127:
+            length, header = int.from_bytes(data[position + 2 : position + 10]), 10
+        frame = header + length
+        if size and size + frame > limit:
+            break
+        size += frame
+        position += frame
+    return min(position, end)

@@ -88,6 +88,7 @@ class Gateway:
             list(settings.nats),
             self.node.on_message,
             on_resync=self.node.resync,
+            stats=self.node.stats,
             name=f"scorecast-gateway-{settings.node}",
             auth=settings.nats_auth(),
         )

@@ -44,6 +44,9 @@ class GatewaySettings:
     soft_limit: int = 256 * 1024
     hard_limit: int = 4 * 1024 * 1024
     slow_grace: float = 30.0
+    # SO_SNDBUF asked for each client socket (the kernel doubles it); 0 keeps
+    # the kernel's autotuning, which lets one stalled socket hold ~4 MB
+    socket_send_buffer: int = 64 * 1024
     # abuse: more than this many malformed messages within a minute closes 4000
     max_malformed_per_minute: int = 10
     # access

@@ -7,10 +7,16 @@ from __future__ import annotations
 import bisect
 import time
 
-__all__ = ["LATENCY_BUCKETS", "Stats"]
+__all__ = ["LATENCY_BUCKETS", "LATENCY_CEILING", "LATENCY_SKEW", "Stats"]
 
 # publish-to-send latency, seconds (from the envelope's ts to the fan-out)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# A publisher's clock is not ours. A ts further ahead than LATENCY_SKEW is
+# counted as a future timestamp (observed as 0); a delay above LATENCY_CEILING
+# (or a ts that is not a finite number) is counted as absurd and observed as
+# the ceiling, so that one bad envelope cannot swamp the histogram's sum.
+LATENCY_SKEW = 0.5
+LATENCY_CEILING = 60.0
 
 
 class Stats:
@@ -35,6 +41,10 @@ class Stats:
         "recoveries_jetstream",
         "abuse_closes",
         "rate_limited",
+        "stream_resets",
+        "latency_future",
+        "latency_absurd",
+        "slow_bytes_dropped",
     )
 
     def __init__(self) -> None:
@@ -49,7 +59,15 @@ class Stats:
         self.refused[reason] = self.refused.get(reason, 0) + 1
 
     def observe_latency(self, published_at: float) -> None:
-        delay = max(0.0, time.time() - published_at)
+        delay = time.time() - published_at
+        if not 0.0 <= delay <= LATENCY_CEILING:  # also false for NaN
+            if delay < 0.0:
+                if delay < -LATENCY_SKEW:
+                    self.latency_future += 1
+                delay = 0.0
+            else:
+                self.latency_absurd += 1
+                delay = LATENCY_CEILING
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, delay)] += 1
         self.latency_sum += delay
 

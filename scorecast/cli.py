@@ -205,6 +205,7 @@ def _add_gateway(flags: _Flags) -> None:
     flags("--soft-limit", 256 * 1024, int, help="unsent bytes before conflation")
     flags("--hard-limit", 4 * 1024 * 1024, int, help="unsent bytes before close 4008")
     flags("--slow-grace", 30.0, float, help="seconds a client may stay slow before 4008")
+    flags("--socket-send-buffer", 64 * 1024, int, help="SO_SNDBUF per client socket (0: kernel's)")
     flags("--jwt-secret", None, help="HS256 secret; tokens required when set")
     flags("--jwt-public-key", None, help="RS256/ES256 public key file (PEM)")
     flags("--allowed-origins", (), csv, help="allowed Origin values, comma-separated")
