@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from publishers.connection import open_publisher
+from publishers.connection import Connecting, open_publisher
 from publishers.errors import (
     BackendError,
     CorruptTopic,
@@ -146,9 +146,9 @@ async def run_ingest(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve ingest on ``host:port`` until ``stop`` is set (forever without one)."""
-    nc, publisher = await open_publisher(
-        nats_url, name="scorecast-ingest", history=history, replicas=replicas
-    )
+    # edges: listen first (503 + Retry-After until NATS answers), then connect
+    publisher = Connecting(nats_url)
+    nc = None
     runner: web.AppRunner | None = None
     try:
         app = make_app(publisher, max_body=max_body, max_batch=max_batch)
@@ -158,8 +158,13 @@ async def run_ingest(
         await site.start()
         for address in runner.addresses:
             log.info("ingest listening on http://%s:%s/v1/events", *address[:2])
+        nc, connected = await open_publisher(
+            nats_url, name="scorecast-ingest", history=history, replicas=replicas
+        )
+        publisher.ready(connected)
         await (stop or asyncio.Event()).wait()
     finally:
         if runner is not None:
             await runner.cleanup()
-        await nc.close()
+        if nc is not None:
+            await nc.close()

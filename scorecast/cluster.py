@@ -61,6 +61,7 @@ class NatsCluster:
         base_dir: str | None = None,
         binary: str | None = None,
         name: str = "scorecast",
+        die_with_parent: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError(f"a cluster needs at least one node, not {size}")
@@ -84,6 +85,7 @@ class NatsCluster:
                     cluster_name=name,
                     binary=binary,
                     log_file=str(self.base_dir / f"{node}.log"),
+                    die_with_parent=die_with_parent,
                 )
             )
 
@@ -208,11 +210,13 @@ async def run_cluster(
     if signals:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-    cluster = NatsCluster(3, client_port=nats_port, binary=nats_server_bin)
+    # the nodes die with this process even when it is SIGKILLed; PDEATHSIG
+    # follows the thread that started them, so they start on this one
+    cluster = NatsCluster(3, client_port=nats_port, binary=nats_server_bin, die_with_parent=True)
     nodes: list[Gateway] = []
     simulator: asyncio.Task | None = None
     try:
-        await asyncio.to_thread(cluster.start)
+        cluster.start()
         await cluster.wait_for_jetstream()
         await ensure_scores_stream(cluster.nats_url, replicas=replicas)
         for index in range(gateways):
