@@ -22,13 +22,17 @@ class Refusal:
 
 
 class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up."""
+    """``rate`` tokens per second, at most ``burst`` saved up.
+
+    A take needs one whole token, so the bucket holds at least one: with a
+    rate below 1 per second (0.2: one connection every 5 s) a burst equal to
+    the rate would never reach a whole token and refuse everything."""
 
     __slots__ = ("burst", "rate", "tokens", "updated")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens, self.updated = burst, now
+        self.rate, self.burst = rate, max(1.0, burst)
+        self.tokens, self.updated = self.burst, now
 
     def take(self, now: float) -> bool:
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)

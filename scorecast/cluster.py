@@ -82,6 +82,7 @@ class NatsCluster:
         binary: str | None = None,
         name: str = "scorecast",
         extra_config: str = "",
+        die_with_parent: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError(f"a cluster needs at least one node, not {size}")
@@ -106,6 +107,7 @@ class NatsCluster:
                     binary=binary,
                     log_file=str(self.base_dir / f"{node}.log"),
                     extra_config=extra_config,
+                    die_with_parent=die_with_parent,
                 )
             )
 
@@ -242,13 +244,19 @@ async def run_cluster(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
     roles = Roles()
+    # the nodes die with this process even when it is SIGKILLed; PDEATHSIG
+    # follows the thread that started them, so they start on this one
     cluster = NatsCluster(
-        3, client_port=nats_port, binary=nats_server_bin, extra_config=roles.config()
+        3,
+        client_port=nats_port,
+        binary=nats_server_bin,
+        extra_config=roles.config(),
+        die_with_parent=True,
     )
     nodes: list[Gateway] = []
     simulator: asyncio.Task | None = None
     try:
-        await asyncio.to_thread(cluster.start)
+        cluster.start()
         await cluster.wait_for_jetstream(auth=roles.publisher)
         await ensure_scores_stream(cluster.nats_url, replicas=replicas, auth=roles.publisher)
         for index in range(gateways):

@@ -1,21 +1,31 @@
 """``scorecast dev``: an embedded nats-server with JetStream in a temporary
-store, one gateway and the match simulator, on loopback, stopped together on
-Ctrl-C or SIGTERM."""
+store, one gateway, the ingest endpoint and the match simulator, on loopback,
+stopped together on Ctrl-C or SIGTERM.
+
+Stopping goes in order: the simulator and ingest leave, then the gateway,
+then nats-server (it runs in its own session, so the terminal's Ctrl-C does
+not reach it first). nats-server also dies with this process when it is
+killed outright (PR_SET_PDEATHSIG): no orphan keeps the NATS port.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import signal
 import tempfile
 
 from gateway.server import Gateway
 from gateway.settings import GatewaySettings
+from publishers.ingest import run_ingest
 from publishers.simulator import run_simulator
-from scorecast.natsserver import NatsServer
+from scorecast.natsserver import NatsServer, check_free, free_port
 
 __all__ = ["run_dev"]
+
+STOP_GRACE = 2.0  # seconds the simulator and ingest get to leave after a signal
 
 
 async def run_dev(args: argparse.Namespace) -> None:
@@ -25,31 +35,80 @@ async def run_dev(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stop.set)
     store = tempfile.mkdtemp(prefix="scorecast-dev-")
     nats_server = NatsServer(
-        port=args.nats_port or None, store_dir=store, binary=args.nats_server_bin
+        port=args.nats_port or None,
+        store_dir=store,
+        binary=args.nats_server_bin,
+        die_with_parent=True,
     )
-    nats_server.start()
     gateway = Gateway(
         GatewaySettings(nats=(nats_server.url,), host=args.host, port=args.port, node="dev")
     )
+    ingest_port = args.ingest_port or free_port(args.host)
+    helpers: list[asyncio.Task] = []
     try:
-        await gateway.start()
+        check_free(args.host, ingest_port, "ingest")
+        nats_server.start()
+        starting = loop.create_task(gateway.start())
+        stopped = loop.create_task(stop.wait())
+        await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not starting.done():
+            starting.cancel()
+            await asyncio.wait([starting])
+            return
+        starting.result()  # a gateway port that cannot be bound raises here
+        ingest = loop.create_task(
+            run_ingest(nats_server.url, host=args.host, port=ingest_port, stop=stop)
+        )
+        helpers.append(ingest)
+        await _listening(ingest, args.host, ingest_port)
         print(f"NATS:      {nats_server.url}", flush=True)
         print(f"WebSocket: ws://{args.host}:{gateway.port}/ws", flush=True)
         print(f"Page:      http://{args.host}:{gateway.port}/", flush=True)
-        simulator = asyncio.create_task(
-            run_simulator(
-                nats_server.url,
-                matches=args.matches,
-                minute_seconds=args.minute_seconds,
-                seed=None,
-                history=1000,
-                replicas=1,
-                stop=stop,
+        print(f"Ingest:    http://{args.host}:{ingest_port}/v1/events", flush=True)
+        helpers.append(
+            loop.create_task(
+                run_simulator(
+                    nats_server.url,
+                    matches=args.matches,
+                    minute_seconds=args.minute_seconds,
+                    seed=None,
+                    history=1000,
+                    replicas=1,
+                    stop=stop,
+                )
             )
         )
-        await stop.wait()
-        await asyncio.wait_for(simulator, 10)
+        stopped = loop.create_task(stop.wait())
+        await asyncio.wait([stopped, *helpers], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        for helper in helpers:
+            if helper.done() and not helper.cancelled() and helper.exception() is not None:
+                raise helper.exception()
     finally:
+        stop.set()
+        if helpers:
+            _, late = await asyncio.wait(helpers, timeout=STOP_GRACE)
+            for helper in late:
+                helper.cancel()
+            if late:
+                await asyncio.wait(late)
         await gateway.stop()
         nats_server.stop()
         shutil.rmtree(store, ignore_errors=True)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def _listening(ingest: asyncio.Task, host: str, port: int, timeout: float = 10.0) -> None:
+    """Return once ingest accepts connections; its error if it failed first."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if ingest.done():
+                ingest.result()  # raises the bind error
+                raise RuntimeError("ingest stopped before it listened")
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection(host, port)
+                writer.close()
+                return
+            await asyncio.sleep(0.02)

@@ -8,8 +8,11 @@ binary comes from, in order: the ``binary`` argument (the edge passes
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["NatsServer", "find_nats_server", "free_port"]
+__all__ = ["NatsServer", "check_free", "find_nats_server", "free_port"]
 
 
 def find_nats_server(binary: str | None = None) -> str:
@@ -46,6 +49,26 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError("no free port")
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: stop() still stops it
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def check_free(host: str, port: int, what: str = "nats-server") -> None:
+    """Raise OSError (EADDRINUSE, ...) naming ``host:port`` when it cannot be bound."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            why = (error.strerror or str(error)).lower()
+            message = f"cannot listen on {host}:{port} for {what}: {why}"
+            raise OSError(error.errno, message) from None
+
+
 class NatsServer:
     """One nats-server process; ``start()`` returns once it accepts clients.
 
@@ -67,6 +90,7 @@ class NatsServer:
         binary: str | None = None,
         log_file: str | None = None,
         extra_config: str = "",
+        die_with_parent: bool = False,
     ) -> None:
         self.host = host
         self.extra_config = extra_config  # appended verbatim (authorization, ...)
@@ -79,6 +103,7 @@ class NatsServer:
         self.websocket_port = websocket_port
         self.binary = find_nats_server(binary)
         self.log_file = log_file
+        self.die_with_parent = die_with_parent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -108,13 +133,22 @@ class NatsServer:
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 15.0) -> NatsServer:
+        """Start and wait until it listens. A port that is taken raises
+        OSError(EADDRINUSE) naming it; with ``die_with_parent`` the server
+        gets SIGTERM when the thread that started it dies (call it from the
+        main thread: the signal follows the thread, not the process)."""
+        check_free(self.host, self.port)
         config = Path(self.store_dir, f"{self.name}.conf")
         config.write_text(self._config())
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         # its own session: a Ctrl-C meant for `scorecast dev` must not stop
         # nats-server before the gateway and the simulator have left it
         self.process = subprocess.Popen(
-            [self.binary, "-c", str(config)], stdout=output, stderr=output, start_new_session=True
+            [self.binary, "-c", str(config)],
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -39,6 +39,14 @@ def connected(*topics):
     return state
 
 
+def gap(state, frame):
+    """Receive a frame that breaks the sequence, then flush the queued
+    resubscribe (as the I/O layer does a moment later)."""
+    outputs = state.receive(frame)
+    assert sends(outputs) == [], "a gap alone sends nothing: flush() does"
+    return outputs + state.flush()
+
+
 def sends(outputs):
     return [o.message for o in outputs if isinstance(o, Send)]
 
@@ -82,7 +90,7 @@ def test_empty_topic_snapshot_then_first_event():
 def test_gap_drops_the_event_and_resubscribes_since_the_position():
     state = connected("match.1")
     state.receive(snapshot("match.1", 1, {"score": "0-0"}))
-    outputs = state.receive(event("match.1", 3, {"score": "2-0"}))
+    outputs = gap(state, event("match.1", 3, {"score": "2-0"}))
     assert updates(outputs) == []
     assert sends(outputs) == [
         {"type": "subscribe", "id": 2, "topics": ["match.1"], "since": {"match.1": 1}}
@@ -105,7 +113,7 @@ def test_gap_drops_the_event_and_resubscribes_since_the_position():
 def test_gap_answered_by_a_snapshot():
     state = connected("match.1")
     state.receive(snapshot("match.1", 1, {"score": "0-0"}))
-    (resubscribe,) = sends(state.receive(event("match.1", 5, {"score": "1-0"})))
+    (resubscribe,) = sends(gap(state, event("match.1", 5, {"score": "1-0"})))
     state.receive({"type": "subscribed", "id": resubscribe["id"], "topics": ["match.1"]})
     (update,) = state.receive(snapshot("match.1", 7, {"score": "2-1"}))
     assert update.snapshot and (update.seq, update.state) == (7, {"score": "2-1"})
@@ -116,7 +124,7 @@ def test_duplicate_is_dropped_and_resumed_from_the_position():
     state = connected("match.1")
     state.receive(snapshot("match.1", 1, {"n": 1}))
     state.receive(event("match.1", 2, {"n": 2}))
-    outputs = state.receive(event("match.1", 2, {"n": 2}))
+    outputs = gap(state, event("match.1", 2, {"n": 2}))
     assert updates(outputs) == []
     assert sends(outputs)[0]["since"] == {"match.1": 2}
     assert state.counters.duplicates == 1
@@ -126,7 +134,7 @@ def test_duplicate_is_dropped_and_resumed_from_the_position():
 def test_step_backwards_resubscribes_and_a_lower_snapshot_resets():
     state = connected("match.1")
     state.receive(snapshot("match.1", 40, {"score": "3-3"}))
-    (resubscribe,) = sends(state.receive(event("match.1", 1, {"score": "0-0"})))
+    (resubscribe,) = sends(gap(state, event("match.1", 1, {"score": "0-0"})))
     assert resubscribe["since"] == {"match.1": 40}
     state.receive({"type": "subscribed", "id": resubscribe["id"], "topics": ["match.1"]})
     # the stream was reset: `since` is ahead, the gateway sends a lower snapshot
@@ -151,7 +159,7 @@ def test_same_snapshot_twice_is_not_an_update():
 
 def test_event_before_any_snapshot_asks_for_a_snapshot():
     state = connected("match.1")
-    (resubscribe,) = sends(state.receive(event("match.1", 5, {"a": 1})))
+    (resubscribe,) = sends(gap(state, event("match.1", 5, {"a": 1})))
     assert "since" not in resubscribe
     assert state.view("match.1").seq is None
 
@@ -305,6 +313,8 @@ def step(state, given):
         return state.subscribe(given["subscribe"])
     if "unsubscribe" in given:
         return state.unsubscribe(given["unsubscribe"])
+    if "flush" in given:
+        return state.flush()
     return state.receive(given["receive"])
 
 
@@ -335,3 +345,31 @@ def test_auth_request_is_answered_by_authed_or_an_error_with_its_id():
     )
     assert isinstance(error, GatewayError) and error.request_id == refused
     assert error.code == "unauthorized" and error.topics == ()
+
+
+def test_many_gaps_at_once_go_as_one_resubscribe():
+    topics = [f"match.{n}" for n in range(41)]
+    state = connected(*topics)
+    for topic in topics:
+        state.receive(snapshot(topic, 1, {"n": 1}))
+    for topic in topics:
+        assert state.receive(event(topic, 3, {"n": 3})) == []
+    assert state.resubscribe_due
+    (frame,) = sends(state.flush())
+    assert frame["topics"] == topics
+    assert frame["since"] == dict.fromkeys(topics, 1)
+    assert not state.resubscribe_due and state.flush() == []
+
+
+def test_rate_limited_resubscribe_never_drops_a_held_topic():
+    state = connected("match.1")
+    state.receive(snapshot("match.1", 1, {"n": 1}))
+    (frame,) = sends(gap(state, event("match.1", 3, {"n": 3})))
+    limited = {"type": "error", "id": frame["id"], "code": "rate_limited", "message": "slow"}
+    (error,) = state.receive(limited)
+    assert error == GatewayError("rate_limited", "slow", frame["id"], ())
+    assert state.topics == ["match.1"] and state.resubscribe_due
+    # later reconnects still hold it, resuming from its position
+    state.connection_lost()
+    (again,) = state.connection_made()
+    assert again.message["topics"] == ["match.1"] and again.message["since"] == {"match.1": 1}

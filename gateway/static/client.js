@@ -10,7 +10,11 @@
 // client (scorecast/client_state.py): a snapshot replaces a topic's state; an
 // event with seq = position + 1 is applied as an RFC 7386 merge patch; any
 // other seq (a gap, a duplicate, a step backwards) is dropped and the topic is
-// resubscribed with `since` = position; frames of a topic between a
+// queued to be resubscribed with `since` = position: flush() sends every
+// queued topic as one subscribe, a moment after the first gap, so many gaps
+// at once are one request; a `rate_limited` answer drops nothing (the gateway
+// still streams what it held) and queues the topics again for a later
+// flush; frames of a topic between a
 // (re)subscribe and its `subscribed` answer are dropped. Every new connection
 // resubscribes all topics with `since`, so a reconnect loses and repeats
 // nothing. ScorecastClient owns the socket, timers and retries: exponential
@@ -19,6 +23,11 @@
 
 export const PROTOCOL_VERSION = 1;
 export const DEFAULT_MAX_TOPICS_PER_REQUEST = 100;
+// gaps seen within this many ms of the first go out as one resubscribe
+export const GAP_BATCH_MS = 10;
+// after a rate_limited answer: wait this long (doubling, jittered) to ask again
+export const RATE_LIMITED_RETRY_MS = 1000;
+const RATE_LIMITED_RETRY_MAX_MS = 30000;
 
 export const Status = Object.freeze({
   CONNECTING: "connecting",
@@ -104,6 +113,7 @@ export class ClientState {
     this._nextId = 1;
     this._requests = new Map(); // id -> {kind, topics, refusals}
     this._pings = new Map(); // id -> sent at (ms)
+    this._queued = new Set(); // topics to resubscribe at the next flush()
     for (const topic of checkedTopics(topics)) this.views.set(topic, newView(topic));
   }
 
@@ -139,6 +149,21 @@ export class ClientState {
     return { type: "send", message: { type: "auth", id, token } };
   }
 
+  /** True when topics wait for flush() (after a gap or a rate limit). */
+  get resubscribeDue() {
+    return this._queued.size > 0;
+  }
+
+  /** One subscribe (split only past the per-request limit) for every topic
+   * queued since the last flush, each resuming from its position. */
+  flush() {
+    const topics = [...this._queued].filter((topic) => this.views.get(topic)?.pending === null);
+    this._queued.clear();
+    if (topics.length === 0 || !this.connected) return [];
+    this.counters.resubscribes += topics.length;
+    return this._subscribeFrames(topics);
+  }
+
   ping(now) {
     const id = this._nextId++;
     this._pings.set(id, now);
@@ -153,6 +178,7 @@ export class ClientState {
   /** A new connection: resubscribe every topic, resuming from its position. */
   connectionMade() {
     this.connected = true;
+    this._queued.clear();
     this._requests.clear();
     this._pings.clear();
     return this._subscribeFrames(this.topics);
@@ -160,6 +186,7 @@ export class ClientState {
 
   connectionLost() {
     this.connected = false;
+    this._queued.clear(); // the next connection resubscribes everything
     this._requests.clear();
     this._pings.clear();
     for (const view of this.views.values()) view.pending = null;
@@ -195,11 +222,11 @@ export class ClientState {
       return [update(view, kind, message.data ?? null, false)];
     }
     // a gap, a repeat, a step backwards, or an event before any snapshot:
-    // never apply it; ask the gateway to restart the topic from what we hold
+    // never apply it; queue the topic to be restarted from what we hold
     if (view.seq !== null && seq <= view.seq) this.counters.duplicates++;
     else this.counters.gaps++;
-    this.counters.resubscribes++;
-    return this._subscribeFrames([view.topic]);
+    this._queued.add(view.topic);
+    return [];
   }
 
   _onSnapshot(message) {
@@ -248,6 +275,18 @@ export class ClientState {
     if (code === "forbidden") {
       request.refusals.push(text); // the `subscribed` that follows leaves them out
       return [];
+    }
+    if (code === "rate_limited") {
+      // refused for now, not for good: keep every topic, ask again later
+      this._requests.delete(id);
+      for (const topic of request.topics) {
+        const view = this.views.get(topic);
+        if (view?.pending === id) {
+          view.pending = null;
+          this._queued.add(topic);
+        }
+      }
+      return [gatewayError(code, text, id, [])];
     }
     this._requests.delete(id); // the whole subscribe was refused
     const refused = request.topics.filter((topic) => this.views.get(topic)?.pending === id);
@@ -391,6 +430,8 @@ export class ScorecastClient {
     this._timers = new Set();
     this._auths = new Map(); // auth request id -> {resolve, reject} of refreshToken
     this._hintAt = null;
+    this._flushTimer = null;
+    this._limited = 0; // rate_limited answers in a row
     this._closing = true;
     if (typeof window !== "undefined" && typeof window.addEventListener === "function") {
       // back online: try now rather than at the end of a long backoff
@@ -481,6 +522,7 @@ export class ScorecastClient {
       this.state.counters.badFrames++;
       return;
     }
+    let limited = false;
     for (const output of this.state.receive(message)) {
       switch (output.type) {
         case "update":
@@ -504,11 +546,32 @@ export class ScorecastClient {
           this._settle(output.requestId, null, output.exp);
           break;
         case "gatewayError":
+          if (output.code === "rate_limited") limited = true;
           this._settle(output.requestId, new ClientFailed(output.message));
           this._emit("error", output);
           break;
       }
     }
+    if (message?.type === "subscribed") this._limited = 0;
+    this._scheduleFlush(limited);
+  }
+
+  /** Send the queued resubscribes as one request: soon after a gap, later
+   * (doubling, jittered) after a rate_limited answer. */
+  _scheduleFlush(limited) {
+    if (!this.state.resubscribeDue) return;
+    if (limited) {
+      const ceiling = Math.min(RATE_LIMITED_RETRY_MAX_MS, RATE_LIMITED_RETRY_MS * 2 ** this._limited++);
+      if (this._flushTimer !== null) this._cancelTimer(this._flushTimer);
+      this._flushTimer = this._later(ceiling / 2 + (Math.random() * ceiling) / 2, () => this._flush());
+    } else if (this._flushTimer === null) {
+      this._flushTimer = this._later(GAP_BATCH_MS, () => this._flush());
+    }
+  }
+
+  _flush() {
+    this._flushTimer = null;
+    this._send(this.state.flush());
   }
 
   _startHeartbeat() {
@@ -618,11 +681,18 @@ export class ScorecastClient {
       fn();
     }, ms);
     this._timers.add(timer);
+    return timer;
+  }
+
+  _cancelTimer(timer) {
+    clearTimeout(timer);
+    this._timers.delete(timer);
   }
 
   _clearTimers() {
     for (const timer of this._timers) clearTimeout(timer);
     this._timers.clear();
+    this._flushTimer = null;
   }
 
   _setStatus(status) {

@@ -42,6 +42,7 @@ function step(state, input) {
   if ("lost" in input) return state.connectionLost() ?? [];
   if ("subscribe" in input) return state.subscribe(input.subscribe);
   if ("unsubscribe" in input) return state.unsubscribe(input.unsubscribe);
+  if ("flush" in input) return state.flush();
   return state.receive(input.receive);
 }
 
@@ -85,9 +86,11 @@ describe("ClientState", () => {
     const [{ message }] = state.connectionMade();
     state.receive({ type: "subscribed", id: message.id, topics: ["match.1"] });
     state.receive({ type: "snapshot", topic: "match.1", seq: 1, ts: 1, state: {} });
-    const [resubscribe] = state.receive({ type: "event", topic: "match.1", seq: 3, data: {} });
+    assert.deepEqual(state.receive({ type: "event", topic: "match.1", seq: 3, data: {} }), []);
+    const [resubscribe] = state.flush();
     state.receive({ type: "subscribed", id: resubscribe.message.id, topics: ["match.1"] });
     state.receive({ type: "event", topic: "match.1", seq: 1, data: {} });
+    state.flush();
     assert.equal(state.counters.gaps, 1);
     assert.equal(state.counters.duplicates, 1);
     assert.equal(state.counters.resubscribes, 2);
