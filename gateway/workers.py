@@ -57,20 +57,24 @@ def read_figures(folder: str, own: dict) -> list[dict]:
     return figures
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(supervisor: int) -> None:
     """Ask Linux to SIGTERM this worker when the supervisor dies, even by
-    SIGKILL, so no orphan keeps serving the port."""
+    SIGKILL, so no orphan keeps serving the port.
+
+    The supervisor is named by its pid, not recognised as "not PID 1": in a
+    container the supervisor itself is PID 1, and a worker that took a parent
+    of 1 for a dead one would kill itself in a loop."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):  # not Linux: the supervisor's signals still reach us
         return
-    if os.getppid() == 1:  # the supervisor died before prctl took effect
+    if os.getppid() != supervisor:  # the supervisor died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _worker(settings: GatewaySettings, level: str, form: str) -> None:
-    _die_with_parent()
+def _worker(settings: GatewaySettings, level: str, form: str, supervisor: int) -> None:
+    _die_with_parent(supervisor)
     setup_logging(level, form)
     from gateway.server import run_gateway
     from scorecast.cli import run_loop
@@ -104,7 +108,7 @@ def run_workers(settings: GatewaySettings) -> int:
         )
         process = context.Process(
             target=_worker,
-            args=(worker_settings, *_logging_setup()),
+            args=(worker_settings, *_logging_setup(), os.getpid()),
             name=f"scorecast-gateway-{index}",
         )
         process.start()

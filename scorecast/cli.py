@@ -12,6 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
+from gateway.proxies import cidrs
 from scorecast.flags import csv, env_flag
 from scorecast.logs import setup_logging
 
@@ -169,6 +170,7 @@ def _add_gateway(flags: _Flags) -> None:
     flags("--max-malformed-per-minute", 10, int, help="malformed messages forgiven per minute")
     flags("--connections-per-second", None, _optional_float, help="new connections per second")
     flags("--connections-per-ip-per-second", None, _optional_float, help="per client address")
+    flags("--trusted-proxies", (), cidrs, help="CIDRs whose X-Forwarded-For is believed")
     flags("--drain-window", 10.0, float, help="seconds over which a drain spreads reconnects")
     flags("--drain-deadline", 30.0, float, help="seconds after SIGTERM before exiting anyway")
 
