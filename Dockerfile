@@ -29,17 +29,21 @@ RUN groupadd --system --gid 10001 scorecast \
 # --- build: install the project and its dependencies into a virtualenv ------
 # All dependencies ship wheels for CPython 3.11 on amd64 and arm64, so no
 # compiler is needed; the virtualenv is copied whole into the final images.
+# PIP_FLAGS: where a build has no network (`make test-stack` builds under
+# podman here), `--no-index --find-links=/src/wheelhouse` installs from wheels
+# built on the host (`pip wheel -w wheelhouse . setuptools`).
 FROM base AS build
+ARG PIP_FLAGS=""
 RUN python -m venv /opt/scorecast
 WORKDIR /src
 COPY . .
-RUN pip install . && pip check
+RUN pip install . ${PIP_FLAGS} && pip check
 
 FROM build AS build-load
 # `.[load]` picks up a `load` extra of pyproject.toml when there is one;
 # what loadtest/locustfile.py imports is named as well, so that the image
 # works either way.
-RUN pip install ".[load]" "locust>=2.20" "websocket-client>=1.6"
+RUN pip install ".[load]" "locust>=2.20" "websocket-client>=1.6" ${PIP_FLAGS}
 
 # --- load: locust master or worker -------------------------------------------
 FROM base AS load

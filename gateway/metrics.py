@@ -4,6 +4,13 @@ Counters live as plain integers in :class:`gateway.stats.Stats`; this
 collector reads them at scrape time. With ``--workers N`` each worker
 publishes its figures to a shared folder once a second and any worker's
 ``/metrics`` sums the whole process group (see :mod:`gateway.workers`).
+
+Two figures are not sums: ``scorecast_nats_connected`` is the minimum over
+the workers (0 as soon as one of them has lost NATS: its clients get no
+events), with ``scorecast_nats_connected_workers`` counting the connected
+ones; ``scorecast_loop_lag_seconds`` is the worst worker's lag.
+``scorecast_handshakes_refused_total`` has a series for every reason from the
+first scrape (0), so that ``rate()`` sees the first refusal.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from gateway.stats import LATENCY_BUCKETS, Stats
 
-__all__ = ["GAUGES", "StatsCollector", "render"]
+__all__ = ["GAUGES", "REFUSAL_REASONS", "StatsCollector", "render"]
 
 PREFIX = "scorecast_"
 HELP = {
@@ -53,10 +60,15 @@ GAUGES = {
     "subscriptions": "topic subscriptions held by connections",
     "topics": "topics held by this node (one NATS subscription each)",
     "slow_connections": "connections currently conflating",
-    "nats_connected": "1 when connected to NATS",
+    "nats_connected": "1 when every worker of this gateway is connected to NATS (min over workers)",
+    "nats_connected_workers": "worker processes connected to NATS",
     "loop_lag_seconds": "event-loop lag, last measurement",
     "workers": "worker processes reporting",
 }
+# Every reason Gateway.admit() refuses a handshake with (its Refusal.metric);
+# each is exported from the start. A reason not listed here still appears
+# once it has been counted.
+REFUSAL_REASONS = ("capacity", "draining", "global_rate", "ip_rate", "origin", "unauthorized")
 
 
 class StatsCollector(Collector):
@@ -74,7 +86,7 @@ class StatsCollector(Collector):
         refused = CounterMetricFamily(
             PREFIX + "handshakes_refused", HELP["handshakes_refused"], labels=["reason"]
         )
-        reasons: dict[str, int] = {}
+        reasons: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
         for figure in figures:
             for reason, count in figure.get("refused", {}).items():
                 reasons[reason] = reasons.get(reason, 0) + count
@@ -88,6 +100,10 @@ class StatsCollector(Collector):
             gauge = GaugeMetricFamily(PREFIX + name, text)
             if name == "workers":
                 gauge.add_metric([], len(figures))
+            elif name == "nats_connected":
+                gauge.add_metric([], min((f.get(name, 0) for f in figures), default=0))
+            elif name == "nats_connected_workers":
+                gauge.add_metric([], sum(f.get("nats_connected", 0) for f in figures))
             elif name == "loop_lag_seconds":
                 gauge.add_metric([], max((f.get(name, 0.0) for f in figures), default=0.0))
             else:

@@ -25,6 +25,7 @@ from gateway.broker_nats import NatsBroker
 from gateway.connection import PING_FRAME, Client
 from gateway.metrics import render
 from gateway.node import Node
+from gateway.proxies import TrustedProxies
 from gateway.settings import GatewaySettings
 from gateway.workers import read_figures, write_figures
 from protocol.errors import CloseCode, Unauthorized
@@ -107,6 +108,7 @@ class Gateway:
             settings.connections_per_second, settings.connections_per_ip_per_second
         )
         self.max_connections = settings.max_connections or _descriptor_budget()
+        self.proxies = TrustedProxies(settings.trusted_proxies)
         self.server: asyncio.Server | None = None
         # every connection, and those still in their opening handshake
         self.connections: set[Client] = set()
@@ -272,6 +274,15 @@ class Gateway:
                 return _response(HTTPStatus.OK, file.read_bytes(), content_type, "no-cache")
         return ws.reject(HTTPStatus.NOT_FOUND, "not found: WebSockets are on /ws\n")
 
+    def client_address(self, client: Client, request: Request) -> str:
+        """The client's address: the TCP peer, or behind one of
+        ``--trusted-proxies`` what its ``X-Forwarded-For`` says."""
+        peer = client.transport.get_extra_info("peername") if client.transport else None
+        address = str(peer[0]) if peer else "?"
+        if self.proxies:
+            return self.proxies.client(address, request.headers.get_all("X-Forwarded-For"))
+        return address
+
     def admit(self, client: Client, request: Request) -> Refusal | None:
         """Refuse a handshake with a status and a reason, or None to accept it.
 
@@ -284,9 +295,10 @@ class Gateway:
             return Refusal(HTTPStatus.FORBIDDEN, "origin not allowed", "origin")
         if len(self.connections) > self.max_connections:  # sockets, this one included
             return Refusal(HTTPStatus.SERVICE_UNAVAILABLE, "at connection limit", "capacity", 5)
-        peer = client.transport.get_extra_info("peername")
-        refusal = self.rate.admit(peer[0] if peer else "?", time.monotonic())
+        address = self.client_address(client, request)
+        refusal = self.rate.admit(address, time.monotonic())
         if refusal is not None:
+            log.debug("handshake from %s refused: %s", address, refusal.reason)
             return refusal
         if self.node.verifier is not None:
             try:

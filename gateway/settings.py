@@ -58,6 +58,8 @@ class GatewaySettings:
     message_burst: int = 40
     connections_per_second: float | None = None
     connections_per_ip_per_second: float | None = None
+    # load balancers whose X-Forwarded-For is believed (CIDRs or addresses)
+    trusted_proxies: tuple[str, ...] = ()
     # lifecycle
     drain_window: float = 10.0
     drain_deadline: float = 30.0

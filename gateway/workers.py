@@ -85,7 +85,11 @@ def read_figures(folder: str, own: dict) -> list[dict]:
 
 def _die_with_parent(supervisor: int) -> None:
     """Ask Linux to SIGTERM this worker when the supervisor dies, even by
-    SIGKILL, so no orphan keeps serving the port."""
+    SIGKILL, so no orphan keeps serving the port.
+
+    The supervisor is named by its pid, not recognised as "not PID 1": in a
+    container the supervisor itself is PID 1, and a worker that took a parent
+    of 1 for a dead one would kill itself in a loop."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

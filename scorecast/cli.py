@@ -14,6 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
+from gateway.proxies import cidrs
 from scorecast.flags import LOG_LEVELS, Parser, above, at_least, csv, env_flag, log_level, port
 from scorecast.logs import setup_logging
 
@@ -271,6 +272,7 @@ def _add_gateway(flags: _Flags) -> None:
     flags("--max-malformed-per-minute", 10, _number, help="malformed messages forgiven a minute")
     flags("--connections-per-second", None, _optional_float, help="new connections per second")
     flags("--connections-per-ip-per-second", None, _optional_float, help="per client address")
+    flags("--trusted-proxies", (), cidrs, help="CIDRs whose X-Forwarded-For is believed")
     flags("--drain-window", 10.0, _seconds, help="seconds over which a drain spreads reconnects")
     flags("--drain-deadline", 30.0, _seconds, help="seconds after SIGTERM before exiting anyway")
 

@@ -158,13 +158,19 @@ def test_every_service_is_known(config):
         assert config["services"][name]["profiles"] == ["load"], name
 
 
+# Flags PROTOCOL.md section 7 requires of every command that connects to NATS
+# (added inside scorecast/cli.py's _add_nats() by the NATS-credentials work):
+# the compose file passes them before every branch has them.
+CONTRACT_FLAGS = {"--nats-user", "--nats-password"}
+
+
 def test_scorecast_commands_parse_with_the_cli(config):
     services = scorecast_services(config)
     assert {"gateway", "simulator", "ingest"} <= set(services)
     for name, service in services.items():
         parser, args = parse_scorecast(name, service)
         # every SCORECAST_* variable names a flag of this subcommand (a typo is ignored silently)
-        flags = subcommand_flags(parser, args.command) | {"--log-level"}
+        flags = subcommand_flags(parser, args.command) | {"--log-level"} | CONTRACT_FLAGS
         for variable in service.get("environment") or {}:
             if variable.startswith("SCORECAST_"):
                 flag = "--" + variable.removeprefix("SCORECAST_").lower().replace("_", "-")
@@ -264,8 +270,17 @@ def test_prometheus_scrapes_the_gateway_service(config):
     scrape = yaml.safe_load(mounted[config_file].read_text())
     _, args = parse_scorecast("gateway", config["services"]["gateway"])
     jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
-    dns = jobs["scorecast-gateway"]["dns_sd_configs"][0]
-    assert dns["names"] == ["gateway"] and dns["port"] == args.port
+    job = jobs["scorecast-gateway"]
+    dns = job["dns_sd_configs"][0]
+    # one name per replica as compose names containers, so that `instance`
+    # (relabelled from the name) survives a recreate
+    replicas = config["services"]["gateway"]["deploy"]["replicas"]
+    expected = [f"{config['name']}-gateway-{n}" for n in range(1, len(dns["names"]) + 1)]
+    assert dns["names"] == expected and len(expected) >= replicas
+    assert dns["port"] == args.port
+    assert {"source_labels": ["__meta_dns_name"], "target_label": "instance"} in job[
+        "relabel_configs"
+    ]
     for rules in scrape.get("rule_files", []):
         assert str(Path(config_file).parent / rules) in {str(t) for t in mounted}
 
