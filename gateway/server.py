@@ -22,11 +22,16 @@ from websockets.http11 import Request, Response
 from gateway.admission import ConnectionRateLimiter, Refusal
 from gateway.broker_nats import NatsBroker
 from gateway.connection import PING_FRAME, Client
-from gateway.metrics import render
+from gateway.http_api import PREFIX as TOPICS_PREFIX
+from gateway.http_api import Deferred, TopicsApi, plain
+from gateway.metrics import render, render_transports
 from gateway.node import Node
+from gateway.occupancy_nats import OccupancyService
 from gateway.settings import GatewaySettings
+from gateway.sse import SseRequest, SseStream
+from gateway.sse import cache_stats as sse_cache_stats
 from gateway.workers import read_figures, write_figures
-from protocol.errors import CloseCode, Unauthorized
+from protocol.errors import ClientError, CloseCode, Unauthorized
 
 __all__ = ["Gateway", "run_gateway"]
 
@@ -100,6 +105,10 @@ class Gateway:
         self.handshaking: set[Client] = set()
         self.closing: set[Client] = set()  # sent a close frame, awaiting the reply
         self._tasks: list[asyncio.Task[None]] = []
+        # other transports (gateway.sse, gateway.http_api) and occupancy
+        self.occupancy = OccupancyService(self.node, settings.node, settings.occupancy_interval)
+        self.topics_api = TopicsApi(self)
+        self.answering: set[asyncio.Task] = set()  # deferred HTTP answers in flight
 
     @property
     def port(self) -> int:
@@ -126,6 +135,7 @@ class Gateway:
             backlog=BACKLOG,
         )
         self._tasks.append(loop.create_task(self._sweep()))
+        self.occupancy.start()
         if self.settings.metrics_dir is not None:
             self._tasks.append(loop.create_task(self._publish_figures()))
         log.info("gateway %s listening on port %s", self.settings.node, self.port)
@@ -171,6 +181,7 @@ class Gateway:
         for client in list(self.connections):
             client.transport.abort()
         await self.node.stop()
+        await self.occupancy.stop()
         await self.broker.close()
 
     # --- connections ----------------------------------------------------------
@@ -222,10 +233,16 @@ class Gateway:
 
     # --- HTTP -------------------------------------------------------------------
 
-    def route(self, client: Client, request: Request) -> Response | None:
-        """The answer to an HTTP request, or None to accept a WebSocket."""
+    def route(self, client: Client, request: Request) -> Response | SseRequest | Deferred | None:
+        """The answer to an HTTP request: a Response, None to accept a
+        WebSocket, an SseRequest to stream Server-Sent Events on the socket,
+        or a Deferred answer written once an await (a JetStream read) is done."""
         ws = client.ws
         path = request.path.partition("?")[0]
+        if path == "/sse":
+            return self._sse(client, request)
+        if path.startswith(TOPICS_PREFIX):
+            return self._topics(client, request)
         if path == "/ws":
             refusal = self.admit(client, request)
             if refusal is None:
@@ -243,13 +260,69 @@ class Gateway:
             reason = "draining" if self.node.draining else "not connected to NATS"
             return ws.reject(HTTPStatus.SERVICE_UNAVAILABLE, reason + "\n")
         if path == "/metrics":
-            return _response(HTTPStatus.OK, render(self.metric_sources), CONTENT_TYPE_LATEST)
+            body = render(self.metric_sources) + render_transports(self.transport_figures())
+            return _response(HTTPStatus.OK, body, CONTENT_TYPE_LATEST)
         if path in STATIC_FILES:
             name, content_type = STATIC_FILES[path]
             file = STATIC / name
             if file.exists():
                 return _response(HTTPStatus.OK, file.read_bytes(), content_type, "no-cache")
         return ws.reject(HTTPStatus.NOT_FOUND, "not found: WebSockets are on /ws\n")
+
+    # --- other transports (PROTOCOL.md section 3) ----------------------------
+
+    def transport_figures(self) -> dict[str, int]:
+        """This worker's SSE, HTTP snapshot and occupancy figures."""
+        figures = {"sse_connections": sum(1 for c in self.connections if c.__class__ is SseStream)}
+        figures.update(self.topics_api.figures(), **self.occupancy.figures())
+        figures.update(sse_frames_built=sse_cache_stats["built"])
+        return figures
+
+    def _refused(self, refusal: Refusal) -> Response:
+        self.node.stats.refuse(refusal.metric)
+        return plain(refusal.status, refusal.reason, refusal.retry_after)
+
+    def _cors(self, request: Request) -> list[tuple[str, str]]:
+        origin = request.headers.get("Origin")
+        if origin and self.settings.allowed_origins:
+            return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        return [("Access-Control-Allow-Origin", "*")]
+
+    def _browser_origin(self, request: Request, lenient: bool) -> Request:
+        """Browsers send no Origin on a same-origin GET (EventSource, fetch):
+        such a request is from the gateway's own origin, so it passes the
+        origin check. ``lenient``: any request without Origin passes (a CDN
+        or a server rendering a page is not a browser on another site)."""
+        origins = self.settings.allowed_origins
+        headers = request.headers
+        if not origins or "Origin" in headers:
+            return request
+        if lenient or headers.get("Sec-Fetch-Site") == "same-origin":
+            headers = headers.copy()
+            headers["Origin"] = origins[0]
+            return Request(request.path, headers)
+        return request
+
+    def _sse(self, client: Client, request: Request) -> Response | SseRequest:
+        refusal = self.admit(client, self._browser_origin(request, lenient=False))
+        if refusal is not None:
+            return self._refused(refusal)
+        settings = self.settings
+        try:
+            sse = SseRequest.parse(request, settings.max_topics_per_request)
+        except ClientError as error:
+            return plain(HTTPStatus.BAD_REQUEST, error.message)
+        limit = settings.max_topics_per_connection
+        if limit is not None and len(sse.topics) > limit:
+            return plain(HTTPStatus.BAD_REQUEST, f"at most {limit} topics per connection")
+        sse.headers = self._cors(request)
+        return sse
+
+    def _topics(self, client: Client, request: Request) -> Response | Deferred:
+        refusal = self.admit(client, self._browser_origin(request, lenient=True))
+        if refusal is not None:
+            return self._refused(refusal)
+        return self.topics_api.answer(request, client.grant.allows, self._cors(request))
 
     def admit(self, client: Client, request: Request) -> Refusal | None:
         """Refuse a handshake with a status and a reason, or None to accept it.

@@ -153,6 +153,8 @@ def _add_gateway(flags: _Flags) -> None:
     flags("--heartbeat", 20.0, float, help="WebSocket ping interval, seconds")
     flags("--history", 256, int, help="recent events kept per topic in memory")
     flags("--coalesce", 0.0, float, help="write window in seconds (0: one loop tick)")
+    flags("--http-max-age", 1.0, float, help="Cache-Control max-age of /v1/topics, seconds")
+    flags("--occupancy-interval", 1.0, float, help="seconds between occupancy reports")
     flags("--max-message-size", 64 * 1024, int, help="largest client frame, bytes")
     flags("--max-topics-per-request", 100, int, help="topics in one subscribe")
     flags("--max-topics-per-connection", 500, int, help="topics one connection holds")
