@@ -4,7 +4,8 @@ snapshots and short replays over plain HTTP, fit for a cache in front.
 - A topic this gateway holds is answered from memory at once.
 - Otherwise the snapshot is one JetStream read, shared by every request that
   arrives while it is in flight (request coalescing) and kept for
-  ``KEEP_SECONDS`` for those that come next; ``jetstream_reads`` counts them.
+  ``--http-max-age`` seconds (1 by default: as long as a cache in front may
+  serve it) for those that come next; ``jetstream_reads`` counts the reads.
 - ``ETag: "<seq>"``; a matching ``If-None-Match`` is ``304``.
 - ``Cache-Control: public, max-age=<--http-max-age>`` (``private`` when the
   gateway requires tokens).
@@ -37,12 +38,11 @@ if TYPE_CHECKING:
     from gateway.connection import Client
     from gateway.server import Gateway
 
-__all__ = ["KEEP_SECONDS", "Deferred", "TopicsApi", "plain"]
+__all__ = ["Deferred", "TopicsApi", "plain"]
 
 log = logging.getLogger("scorecast.http")
 
 PREFIX = "/v1/topics/"
-KEEP_SECONDS = 1.0  # a JetStream snapshot read serves later requests this long
 MAX_REPLAY = 1000  # events one /events answer replays; more: the snapshot
 MAX_KEPT = 10_000
 
@@ -186,7 +186,7 @@ class TopicsApi:
 
     async def latest(self, name: str) -> Envelope | None:
         """The topic's snapshot from JetStream: one read for every concurrent
-        request, kept ``KEEP_SECONDS``."""
+        request, kept ``--http-max-age`` seconds."""
         kept = self._kept_latest(name)
         if kept is not False:
             return kept
@@ -206,7 +206,7 @@ class TopicsApi:
             now = time.monotonic()
             if len(self._kept) >= MAX_KEPT:
                 self._kept = {k: v for k, v in self._kept.items() if v[0] >= now}
-            self._kept[name] = (now + KEEP_SECONDS, latest)
+            self._kept[name] = (now + self.gateway.settings.http_max_age, latest)
             return latest
         finally:
             del self._reads[name]
@@ -225,8 +225,17 @@ class TopicsApi:
                 return self._json(name, b'"snapshot":' + frame, headers)
 
         async def later() -> Response:
-            latest = await self.latest(name)
-            seq = latest.seq if latest is not None else 0
+            held = self.gateway.node.hub.topic(name)
+            if held is not None and held.ready:  # memory is newer than a kept read
+                seq, snapshot = held.seq, _payload(held.snapshot_frame())
+            else:
+                latest = await self.latest(name)
+                seq = latest.seq if latest is not None else 0
+                snapshot = encode(
+                    Snapshot(topic=name, seq=0, ts=None, state=NULL)
+                    if latest is None
+                    else Snapshot(topic=name, seq=latest.seq, ts=latest.ts, state=latest.state)
+                )
             if since == seq:
                 return self._json(name, b'"events":[]', headers)
             if since < seq <= since + MAX_REPLAY:
@@ -234,11 +243,7 @@ class TopicsApi:
                 if [envelope.seq for envelope in found] == list(range(since + 1, seq + 1)):
                     events = [encode(_event(name, envelope)) for envelope in found]
                     return self._json(name, b'"events":[' + b",".join(events) + b"]", headers)
-            if latest is None:
-                snapshot = Snapshot(topic=name, seq=0, ts=None, state=NULL)
-            else:
-                snapshot = Snapshot(topic=name, seq=latest.seq, ts=latest.ts, state=latest.state)
-            return self._json(name, b'"snapshot":' + encode(snapshot), headers)
+            return self._json(name, b'"snapshot":' + snapshot, headers)
 
         return Deferred(later())
 
