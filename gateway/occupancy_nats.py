@@ -121,8 +121,8 @@ class OccupancyService:
                         self._subscription = await nc.subscribe(
                             OCCUPANCY_PREFIX + ">", cb=self._received
                         )
-                    if now >= next_report:
-                        next_report = now + self.interval
+                    if now >= next_report:  # on a fixed cadence, not drifting by ticks
+                        next_report = max(next_report + self.interval, now)
                         await self._publish(nc)
                 failing = False
             except Exception as exc:  # NATS trouble: counts go stale, clients stay
