@@ -124,6 +124,7 @@ def render(sources: Callable[[], list[dict]]) -> bytes:
 TRANSPORT_HELP = {
     "sse_connections": ("gauge", "open Server-Sent Events streams"),
     "sse_frames_built": ("counter", "frames turned into SSE bytes (once each, shared)"),
+    "sse_resumes": ("counter", "SSE requests resuming with Last-Event-ID"),
     "http_requests": ("counter", "/v1/topics requests answered"),
     "http_jetstream_reads": ("counter", "JetStream reads for /v1/topics (coalesced)"),
     "occupancy_reports_published": ("counter", "occupancy reports this node published"),

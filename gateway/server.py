@@ -109,6 +109,7 @@ class Gateway:
         self.occupancy = OccupancyService(self.node, settings.node, settings.occupancy_interval)
         self.topics_api = TopicsApi(self)
         self.answering: set[asyncio.Task] = set()  # deferred HTTP answers in flight
+        self.sse_resumes = 0  # SSE requests resuming with Last-Event-ID
 
     @property
     def port(self) -> int:
@@ -275,7 +276,7 @@ class Gateway:
         """This worker's SSE, HTTP snapshot and occupancy figures."""
         figures = {"sse_connections": sum(1 for c in self.connections if c.__class__ is SseStream)}
         figures.update(self.topics_api.figures(), **self.occupancy.figures())
-        figures.update(sse_frames_built=sse_cache_stats["built"])
+        figures.update(sse_frames_built=sse_cache_stats["built"], sse_resumes=self.sse_resumes)
         return figures
 
     def _refused(self, refusal: Refusal) -> Response:
@@ -316,6 +317,8 @@ class Gateway:
         if limit is not None and len(sse.topics) > limit:
             return plain(HTTPStatus.BAD_REQUEST, f"at most {limit} topics per connection")
         sse.headers = self._cors(request)
+        if request.headers.get("Last-Event-ID"):
+            self.sse_resumes += 1
         return sse
 
     def _topics(self, client: Client, request: Request) -> Response | Deferred:
