@@ -4,6 +4,7 @@ the fleet-wide gauge across real gateway processes on one nats-server."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
@@ -132,7 +133,7 @@ async def test_occupancy_across_two_gateway_processes(nats_server, js):
         frames = [m for m in watching.messages if m["type"] == "occupancy"]
         assert all(set(m) == {"type", "topic", "subscribers", "ts"} for m in frames)
         values = [m["subscribers"] for m in frames]
-        assert all(x != y for x, y in zip(values, values[1:], strict=False)), values
+        assert all(x != y for x, y in itertools.pairwise(values)), values
         await watching.close()
     finally:
         for process in (a, b):
