@@ -107,6 +107,9 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     watch("--token", None, help="JWT, sent as Authorization: Bearer")
     watch("--count", None, _optional_int, help="stop after N updates")
     watch("--seconds", 300.0, float, help="stop after this long (0: no limit)")
+    watch.parser.add_argument(
+        "--sse", action="store_true", help="over Server-Sent Events (GET /sse), not a WebSocket"
+    )
 
     cluster = _Flags(
         commands.add_parser("cluster", help="3 clustered NATS nodes + gateways + simulator, local"),
@@ -272,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 token=args.token,
                 count=args.count,
                 seconds=args.seconds or None,
+                sse=args.sse,
             )
         )
     elif args.command == "cluster":
