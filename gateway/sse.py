@@ -63,21 +63,22 @@ class _Head(msgspec.Struct):
 
 _decode_head = msgspec.json.Decoder(_Head).decode
 
-# what one frame becomes: (topic or None, seq, SSE bytes); topic None: no id line
-_SKIP: tuple[None, int, bytes] = (None, 0, b"")
-_cache: dict[bytes, tuple[str | None, int, bytes]] = {}
-cache_stats = {"built": 0, "hits": 0}
+# what one frame becomes: (topic or None, seq, SSE bytes, the same with the
+# id line of a stream of that one topic); topic None: no id line
+Entry = tuple[str | None, int, bytes, bytes]
+_SKIP: Entry = (None, 0, b"", b"")
+_cache: dict[bytes, Entry] = {}
+cache_stats = {"built": 0}
 
 
-def sse_entry(frame: bytes, payload: bytes) -> tuple[str | None, int, bytes]:
+def sse_entry(frame: bytes, payload: bytes) -> Entry:
     """The SSE form of one WebSocket frame, built once and shared."""
     entry = _cache.get(frame)
     if entry is not None:
-        cache_stats["hits"] += 1
         return entry
     cache_stats["built"] += 1
     if frame[0] & 0x0F == 0x9:  # the heartbeat ping
-        entry = (None, 0, HEARTBEAT)
+        entry = (None, 0, HEARTBEAT, HEARTBEAT)
     else:
         try:
             head = _decode_head(payload)
@@ -92,9 +93,11 @@ def sse_entry(frame: bytes, payload: bytes) -> tuple[str | None, int, bytes]:
             if head.type == "reconnect" and head.after_ms is not None:
                 body = b"retry: %d\n" % max(head.after_ms, 1) + body
             if head.type in ("snapshot", "event") and head.topic is not None:
-                entry = (head.topic, head.seq or 0, body)
+                seq = head.seq or 0
+                single = b"id: %s:%d\n" % (head.topic.encode(), seq) + body
+                entry = (head.topic, seq, body, single)
             else:
-                entry = (None, 0, body)
+                entry = (None, 0, body, body)
     if len(_cache) >= CACHE_SIZE:
         _cache.clear()  # old events are not asked for again: start afresh
     _cache[frame] = entry
@@ -220,20 +223,35 @@ class SseStream(asyncio.Protocol):
     # --- what the node calls --------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.transport.is_closing():
+        transport = self.transport
+        if transport.is_closing():
             return
-        parts: list[bytes] = []
         cursor = self.cursor
+        entry = _cache.get(data)  # the common case: one frame, shared by every stream
+        if entry is not None:
+            topic, seq, body, single = entry
+            if topic is None or topic not in cursor:
+                if body:
+                    transport.write(body)
+                return
+            cursor[topic] = seq
+            if len(cursor) == 1:  # the id line is the frame's own: shared bytes
+                transport.write(single)
+                return
+        parts: list[bytes] = []
         for frame, payload in _frames(data):
-            topic, seq, body = sse_entry(frame, payload)
+            topic, seq, body, single = sse_entry(frame, payload)
             if topic is not None and topic in cursor:
                 cursor[topic] = seq
+                if len(cursor) == 1:
+                    parts.append(single)
+                    continue
                 position = ",".join(f"{t}:{n}" for t, n in cursor.items() if n is not None)
                 parts.append(b"id: " + position.encode() + b"\n")
             if body:
                 parts.append(body)
         if parts:
-            self.transport.write(b"".join(parts))
+            transport.write(b"".join(parts))
 
     def unsent(self) -> int:
         return self.transport.get_write_buffer_size()
