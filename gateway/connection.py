@@ -241,10 +241,10 @@ class Client(asyncio.Protocol):
         try:
             if isinstance(message, Subscribe):
                 node.subscribe(self, message)
-                if message.occupancy:
-                    self.gateway.occupancy.watch(self, message.topics)
+                self.gateway.occupancy.watch(self, message.topics, message.occupancy)
             elif isinstance(message, Unsubscribe):
                 node.unsubscribe(self, message)
+                self.gateway.occupancy.watch(self, message.topics, False)
             elif isinstance(message, Ping):
                 node.send(self, text_frame(encode(Pong(id=message.id))))
             elif isinstance(message, Auth):

@@ -100,8 +100,11 @@ class Watchers:
         self.keys: dict[str, dict[Hashable, tuple[int, float]]] = {}
 
     def watch(self, connection: Hashable, topic: str) -> None:
-        """Start (or restart: a new first frame) occupancy of ``topic``."""
-        self.forget(connection, topic)
+        """Start occupancy of ``topic`` (asking again changes nothing: the
+        gap between two frames holds across a resubscribe)."""
+        keys = self.keys.get(topic)
+        if keys is not None and connection in keys:
+            return
         self.cohorts.setdefault(topic, {}).setdefault(_NEVER, set()).add(connection)
         self.keys.setdefault(topic, {})[connection] = _NEVER
 

@@ -70,11 +70,15 @@ class OccupancyService:
 
     # --- what the transports call -------------------------------------------
 
-    def watch(self, connection: Any, topics: list[str]) -> None:
-        """``connection`` asked for occupancy of ``topics`` (those it may hold)."""
+    def watch(self, connection: Any, topics: list[str], wanted: bool = True) -> None:
+        """``connection`` (un)subscribed ``topics`` with or without occupancy.
+        (Connections that leave are forgotten lazily, when next owed a frame.)"""
+        watchers = self.watchers
         for topic in topics:
-            if connection.grant.allows(topic):
-                self.watchers.watch(connection, topic)
+            if wanted and connection.grant.allows(topic):
+                watchers.watch(connection, topic)
+            elif watchers.watching(connection, topic):
+                watchers.forget(connection, topic)
 
     def count(self, topic: str) -> int:
         """Subscriptions to ``topic`` on every gateway: ours live, others as reported."""

@@ -51,6 +51,7 @@ def test_watchers_are_told_on_change_at_most_once_per_gap():
     assert watchers.due("t", 5, 0.1) == []  # unchanged
     assert watchers.due("t", 6, 1.0) == []  # changed, but within the gap
     watchers.watch("c2", "t")
+    watchers.watch("c1", "t")  # asked again: still within the gap
     assert watchers.due("t", 6, 1.1) == ["c2"]  # a newcomer needs no wait
     assert watchers.due("t", 6, 2.0) == ["c1"]
     assert watchers.due("t", 7, 3.2) == ["c2"]
