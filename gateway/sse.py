@@ -204,9 +204,10 @@ class SseStream(asyncio.Protocol):
         self.waiting: dict[str, int | None] = {}
         self.expiry: asyncio.TimerHandle | None = None
         self.session = secrets.token_hex(8)
-        # each allowed topic's position, in request order (None: none yet)
-        self.cursor: dict[str, int | None] = {
-            topic: since.get(topic) for topic in topics if grant.allows(topic)
+        # each allowed topic's position, in request order; 0 until the topic's
+        # first snapshot or replay (resuming from 0 asks for all: exact too)
+        self.cursor: dict[str, int] = {
+            topic: since.get(topic, 0) for topic in topics if grant.allows(topic)
         }
         self.started = time.monotonic()
         self.closing_since = 0.0
@@ -246,7 +247,7 @@ class SseStream(asyncio.Protocol):
                 if len(cursor) == 1:
                     parts.append(single)
                     continue
-                position = ",".join(f"{t}:{n}" for t, n in cursor.items() if n is not None)
+                position = ",".join(f"{t}:{n}" for t, n in cursor.items())
                 parts.append(b"id: " + position.encode() + b"\n")
             if body:
                 parts.append(body)

@@ -7,12 +7,13 @@ that block WebSocket upgrades::
 
 The same :class:`~scorecast.client.ScorecastClient` (views, retries,
 ``Retry-After``, drain hints, occupancy), with the socket swapped: each
-stream's URL carries every topic and its position (``since``) and the
-request a ``Last-Event-ID`` of the last cursor seen, so a reconnect resumes
-exactly. SSE is one-way: a subscribe or a gap's resubscribe starts a new
-stream from the positions held; there are no application pings (the
-gateway's heartbeat comments keep the stream alive) and no ``auth``
-refresh: a new token takes a new stream.
+stream's URL carries every topic and its position (``since``), so a
+reconnect resumes exactly. Its own views hold every position, so it sends
+``since`` rather than ``Last-Event-ID`` (which is for browsers; the last
+one seen is kept in ``last_event_id``). SSE is one-way: a subscribe or a
+gap's resubscribe starts a new stream from the positions held; there are no
+application pings (the gateway's heartbeat comments keep the stream alive)
+and no ``auth`` refresh: a new token takes a new stream.
 """
 
 from __future__ import annotations
@@ -112,8 +113,6 @@ class SseClient(ScorecastClient):
             query["token"] = token
         elif token:
             headers["Authorization"] = f"Bearer {token}"
-        if self.last_event_id:
-            headers["Last-Event-ID"] = self.last_event_id
         timeout = aiohttp.ClientTimeout(total=None, connect=self.open_timeout, sock_read=None)
         session = aiohttp.ClientSession(timeout=timeout)
         try:

@@ -43,8 +43,11 @@ async def test_snapshot_then_events_gap_free_with_cursor_ids(gateway, js):
     for message in sse.messages:
         assert message["event"] == message["data"]["type"]
         assert message["event"] != "subscribed"
-        if message["event"] in ("snapshot", "event"):
-            assert message["id"] is not None
+        if message["event"] in ("snapshot", "event"):  # every topic, in request order
+            assert [item.split(":")[0] for item in message["id"].split(",")] == [
+                "match.1",
+                "match.2",
+            ]
         else:
             assert message["id"] is None
     assert check_sequence(sse.of("match.1")) == 8
