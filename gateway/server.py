@@ -240,9 +240,11 @@ class Gateway:
         or a Deferred answer written once an await (a JetStream read) is done."""
         ws = client.ws
         path = request.path.partition("?")[0]
-        if path == "/sse":
-            return self._sse(client, request)
-        if path.startswith(TOPICS_PREFIX):
+        if path == "/sse" or path.startswith(TOPICS_PREFIX):
+            if "Access-Control-Request-Method" in request.headers:
+                return self._preflight(request)
+            if path == "/sse":
+                return self._sse(client, request)
             return self._topics(client, request)
         if path == "/ws":
             refusal = self.admit(client, request)
@@ -288,6 +290,25 @@ class Gateway:
         if origin and self.settings.allowed_origins:
             return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
         return [("Access-Control-Allow-Origin", "*")]
+
+    def _preflight(self, request: Request) -> Response:
+        """A CORS preflight (a cross-origin fetch with Authorization or
+        Last-Event-ID): allowed for the origins the gateway allows."""
+        origin = request.headers.get("Origin")
+        origins = self.settings.allowed_origins
+        if origins and origin not in origins:
+            return plain(HTTPStatus.FORBIDDEN, "origin not allowed")
+        response = plain(HTTPStatus.NO_CONTENT, "")
+        del response.headers["Content-Length"], response.headers["Content-Type"]
+        response.body = b""
+        for name, value in self._cors(request):
+            response.headers[name] = value
+        response.headers["Access-Control-Allow-Methods"] = "GET"
+        response.headers["Access-Control-Allow-Headers"] = (
+            "Authorization, Last-Event-ID, If-None-Match, Cache-Control"
+        )
+        response.headers["Access-Control-Max-Age"] = "600"
+        return response
 
     def _browser_origin(self, request: Request, lenient: bool) -> Request:
         """Browsers send no Origin on a same-origin GET (EventSource, fetch):

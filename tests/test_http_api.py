@@ -135,3 +135,22 @@ async def test_500_concurrent_requests_for_a_cold_topic_make_one_jetstream_read(
     }
     assert metrics["scorecast_http_jetstream_reads_total"] == 1
     assert metrics["scorecast_http_requests_total"] == 500
+
+
+async def test_cors_preflight(make_gateway, js):
+    gw = await make_gateway(allowed_origins=("https://scores.example",))
+    asked = {"Origin": "https://scores.example", "Access-Control-Request-Method": "GET",
+             "Access-Control-Request-Headers": "authorization"}  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{gw.port}/v1/topics/match.1"
+        async with session.options(url, headers=asked) as answer:
+            assert answer.status == 204
+            assert answer.headers["Access-Control-Allow-Origin"] == "https://scores.example"
+            assert "Authorization" in answer.headers["Access-Control-Allow-Headers"]
+        evil = {**asked, "Origin": "https://evil.example"}
+        async with session.options(url, headers=evil) as answer:
+            assert answer.status == 403
+    status, _, _ = await get(gw.port, "/v1/topics/match.1")  # no Origin: a CDN
+    assert status == 200
+    status, _, _ = await get(gw.port, "/v1/topics/match.1", {"Origin": "https://evil.example"})
+    assert status == 403
