@@ -107,8 +107,14 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     watch("--token", None, help="JWT, sent as Authorization: Bearer")
     watch("--count", None, _optional_int, help="stop after N updates")
     watch("--seconds", 300.0, float, help="stop after this long (0: no limit)")
+    sse = environ.get("SCORECAST_SSE", "").strip().lower()
+    if sse not in ("", "0", "1", "false", "true", "no", "yes"):
+        watch.parser.error(f"SCORECAST_SSE={sse!r}: want 1 or 0")
     watch.parser.add_argument(
-        "--sse", action="store_true", help="over Server-Sent Events (GET /sse), not a WebSocket"
+        "--sse",
+        action="store_true",
+        default=sse in ("1", "true", "yes"),
+        help="over Server-Sent Events (GET /sse), not a WebSocket [SCORECAST_SSE]",
     )
 
     cluster = _Flags(
