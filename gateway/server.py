@@ -181,6 +181,8 @@ class Gateway:
             await asyncio.sleep(0.05)
         for client in list(self.connections):
             client.transport.abort()
+        for task in list(self.answering):
+            task.cancel()
         await self.node.stop()
         await self.occupancy.stop()
         await self.broker.close()

@@ -181,3 +181,33 @@ async def test_reports_per_interval_do_not_grow_with_clients(nats_server, js):
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(10)
+
+
+async def test_occupancy_sums_the_workers_of_one_gateway(nats_server, js):
+    await RawPublisher(js).publish("match.3", {"n": 1})
+    port = free_port()
+    process = await asyncio.to_thread(
+        start_gateway, nats_server.url, port, "--workers", "2", "--node", "gw-w",
+        "--occupancy-interval", str(INTERVAL),
+    )  # fmt: skip
+    try:
+        watching = await watcher(port, "match.3")
+        # connections land on either worker (SO_REUSEPORT); the gauge is the sum
+        others = await subscribers(port, "match.3", 7)
+        await told(watching, "match.3", 8, 2 * INTERVAL + 2.0 + 5)
+        nodes = {(await told_node(port)) for _ in range(6)}
+        assert nodes <= {"gw-w-w0", "gw-w-w1"}
+        for client in others:
+            await client.close()
+        await told(watching, "match.3", 1, 2 * INTERVAL + 2.0 + 5)
+        await watching.close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(10)
+
+
+async def told_node(port: int) -> str:
+    client = await Recorder.open(f"ws://127.0.0.1:{port}/ws")
+    welcome = await client.wait_for(lambda m: m["type"] == "welcome")
+    await client.close()
+    return welcome["node"]
