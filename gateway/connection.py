@@ -31,13 +31,15 @@ import time
 from typing import TYPE_CHECKING
 
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from gateway.admission import Strikes, TokenBucket
 from gateway.auth import OPEN, Grant
+from gateway.http_api import Deferred
 from gateway.outbox import Outbox
+from gateway.sse import SseRequest
 from protocol import PROTOCOL_VERSION
 from protocol.codec import decode_client, encode, text_frame
 from protocol.errors import ClientError, CloseCode, RateLimited
@@ -230,6 +232,9 @@ class Client(asyncio.Protocol):
 
     def _handshake(self, request: Request) -> None:
         response = self.gateway.route(self, request)
+        if isinstance(response, SseRequest | Deferred):
+            response.start(self)  # an SSE stream takes the socket, or an answer comes later
+            return
         if response is None:
             response = self.ws.accept(request)
         self.ws.send_response(response)
@@ -245,6 +250,14 @@ class Client(asyncio.Protocol):
                 heartbeat=settings.heartbeat,
             )
             self.gateway.node.send(self, text_frame(encode(welcome)))
+
+    def respond(self, response: Response) -> None:
+        """Write an HTTP answer that was deferred (gateway.http_api), unless
+        the peer left meanwhile."""
+        if self.transport.is_closing():
+            return
+        self.ws.send_response(response)
+        self._flush_protocol()
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
@@ -298,8 +311,10 @@ class Client(asyncio.Protocol):
         try:
             if isinstance(message, Subscribe):
                 node.subscribe(self, message)
+                self.gateway.occupancy.watch(self, message.topics, message.occupancy)
             elif isinstance(message, Unsubscribe):
                 node.unsubscribe(self, message)
+                self.gateway.occupancy.watch(self, message.topics, False)
             elif isinstance(message, Ping):
                 node.send(self, text_frame(encode(Pong(id=message.id))))
             elif isinstance(message, Auth):

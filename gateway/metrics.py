@@ -135,3 +135,34 @@ def render(sources: Callable[[], list[dict]]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatsCollector(sources))
     return generate_latest(registry)
+
+
+TRANSPORT_HELP = {
+    "sse_connections": ("gauge", "open Server-Sent Events streams"),
+    "sse_frames_built": ("counter", "frames turned into SSE bytes (once each, shared)"),
+    "sse_resumes": ("counter", "SSE requests resuming with Last-Event-ID"),
+    "http_requests": ("counter", "/v1/topics requests answered"),
+    "http_jetstream_reads": ("counter", "JetStream reads for /v1/topics (coalesced)"),
+    "occupancy_reports_published": ("counter", "occupancy reports this node published"),
+    "occupancy_reports_received": ("counter", "occupancy reports received from NATS"),
+    "occupancy_nodes": ("gauge", "gateway nodes in the occupancy sum"),
+}
+
+
+class _TransportCollector(Collector):
+    def __init__(self, figures: dict[str, int]) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterable[Metric]:
+        for name, (kind, text) in TRANSPORT_HELP.items():
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            metric = family(PREFIX + name, text)
+            metric.add_metric([], self.figures.get(name, 0))
+            yield metric
+
+
+def render_transports(figures: dict[str, int]) -> bytes:
+    """SSE, HTTP snapshot and occupancy figures of this worker."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_TransportCollector(figures))
+    return generate_latest(registry)

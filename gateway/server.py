@@ -23,12 +23,17 @@ from websockets.http11 import Request, Response
 from gateway.admission import ConnectionRateLimiter, Refusal
 from gateway.broker_nats import NatsBroker
 from gateway.connection import PING_FRAME, Client
-from gateway.metrics import render
+from gateway.http_api import PREFIX as TOPICS_PREFIX
+from gateway.http_api import Deferred, TopicsApi, plain
+from gateway.metrics import render, render_transports
 from gateway.node import Node
+from gateway.occupancy_nats import OccupancyService
 from gateway.proxies import TrustedProxies
 from gateway.settings import GatewaySettings
+from gateway.sse import SseRequest, SseStream
+from gateway.sse import cache_stats as sse_cache_stats
 from gateway.workers import read_figures, write_figures
-from protocol.errors import CloseCode, Unauthorized
+from protocol.errors import ClientError, CloseCode, Unauthorized
 from scorecast.outage import OutageLog, wait_for_nats
 
 __all__ = ["Gateway", "PortUnavailable", "run_gateway"]
@@ -115,6 +120,11 @@ class Gateway:
         self.handshaking: set[Client] = set()
         self.closing: set[Client] = set()  # sent a close frame, awaiting the reply
         self._tasks: list[asyncio.Task[None]] = []
+        # other transports (gateway.sse, gateway.http_api) and occupancy
+        self.occupancy = OccupancyService(self.node, settings.node, settings.occupancy_interval)
+        self.topics_api = TopicsApi(self)
+        self.answering: set[asyncio.Task] = set()  # deferred HTTP answers in flight
+        self.sse_resumes = 0  # SSE requests resuming with Last-Event-ID
 
     @property
     def port(self) -> int:
@@ -144,6 +154,7 @@ class Gateway:
         except OSError as error:
             raise PortUnavailable(self.settings.host, self.settings.port, error) from None
         self._tasks.append(loop.create_task(self._sweep()))
+        self.occupancy.start()
         if self.settings.metrics_dir is not None:
             self._tasks.append(loop.create_task(self._publish_figures()))
         log.info("gateway %s listening on port %s", self.settings.node, self.port)
@@ -193,7 +204,10 @@ class Gateway:
             await asyncio.sleep(0.05)
         for client in list(self.connections):
             client.transport.abort()
+        for task in list(self.answering):
+            task.cancel()
         await self.node.stop()
+        await self.occupancy.stop()
         await self.broker.close()
 
     # --- connections ----------------------------------------------------------
@@ -245,10 +259,18 @@ class Gateway:
 
     # --- HTTP -------------------------------------------------------------------
 
-    def route(self, client: Client, request: Request) -> Response | None:
-        """The answer to an HTTP request, or None to accept a WebSocket."""
+    def route(self, client: Client, request: Request) -> Response | SseRequest | Deferred | None:
+        """The answer to an HTTP request: a Response, None to accept a
+        WebSocket, an SseRequest to stream Server-Sent Events on the socket,
+        or a Deferred answer written once an await (a JetStream read) is done."""
         ws = client.ws
         path = request.path.partition("?")[0]
+        if path == "/sse" or path.startswith(TOPICS_PREFIX):
+            if "Access-Control-Request-Method" in request.headers:
+                return self._preflight(request)
+            if path == "/sse":
+                return self._sse(client, request)
+            return self._topics(client, request)
         if path == "/ws":
             refusal = self.admit(client, request)
             if refusal is None:
@@ -266,7 +288,8 @@ class Gateway:
             reason = "draining" if self.node.draining else "not connected to NATS"
             return ws.reject(HTTPStatus.SERVICE_UNAVAILABLE, reason + "\n")
         if path == "/metrics":
-            return _response(HTTPStatus.OK, render(self.metric_sources), CONTENT_TYPE_LATEST)
+            body = render(self.metric_sources) + render_transports(self.transport_figures())
+            return _response(HTTPStatus.OK, body, CONTENT_TYPE_LATEST)
         if path in STATIC_FILES:
             name, content_type = STATIC_FILES[path]
             file = STATIC / name
@@ -282,6 +305,82 @@ class Gateway:
         if self.proxies:
             return self.proxies.client(address, request.headers.get_all("X-Forwarded-For"))
         return address
+
+    # --- other transports (PROTOCOL.md section 3) ----------------------------
+
+    def transport_figures(self) -> dict[str, int]:
+        """This worker's SSE, HTTP snapshot and occupancy figures."""
+        figures = {"sse_connections": sum(1 for c in self.connections if c.__class__ is SseStream)}
+        figures.update(self.topics_api.figures(), **self.occupancy.figures())
+        figures.update(sse_frames_built=sse_cache_stats["built"], sse_resumes=self.sse_resumes)
+        return figures
+
+    def _refused(self, refusal: Refusal) -> Response:
+        self.node.stats.refuse(refusal.metric)
+        return plain(refusal.status, refusal.reason, refusal.retry_after)
+
+    def _cors(self, request: Request) -> list[tuple[str, str]]:
+        origin = request.headers.get("Origin")
+        if origin and self.settings.allowed_origins:
+            return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        return [("Access-Control-Allow-Origin", "*")]
+
+    def _preflight(self, request: Request) -> Response:
+        """A CORS preflight (a cross-origin fetch with Authorization or
+        Last-Event-ID): allowed for the origins the gateway allows."""
+        origin = request.headers.get("Origin")
+        origins = self.settings.allowed_origins
+        if origins and origin not in origins:
+            return plain(HTTPStatus.FORBIDDEN, "origin not allowed")
+        response = plain(HTTPStatus.NO_CONTENT, "")
+        del response.headers["Content-Length"], response.headers["Content-Type"]
+        response.body = b""
+        for name, value in self._cors(request):
+            response.headers[name] = value
+        response.headers["Access-Control-Allow-Methods"] = "GET"
+        response.headers["Access-Control-Allow-Headers"] = (
+            "Authorization, Last-Event-ID, If-None-Match, Cache-Control"
+        )
+        response.headers["Access-Control-Max-Age"] = "600"
+        return response
+
+    def _browser_origin(self, request: Request, lenient: bool) -> Request:
+        """Browsers send no Origin on a same-origin GET (EventSource, fetch):
+        such a request is from the gateway's own origin, so it passes the
+        origin check. ``lenient``: any request without Origin passes (a CDN
+        or a server rendering a page is not a browser on another site)."""
+        origins = self.settings.allowed_origins
+        headers = request.headers
+        if not origins or "Origin" in headers:
+            return request
+        if lenient or headers.get("Sec-Fetch-Site") == "same-origin":
+            headers = headers.copy()
+            headers["Origin"] = origins[0]
+            return Request(request.path, headers)
+        return request
+
+    def _sse(self, client: Client, request: Request) -> Response | SseRequest:
+        refusal = self.admit(client, self._browser_origin(request, lenient=False))
+        if refusal is not None:
+            return self._refused(refusal)
+        settings = self.settings
+        try:
+            sse = SseRequest.parse(request, settings.max_topics_per_request)
+        except ClientError as error:
+            return plain(HTTPStatus.BAD_REQUEST, error.message)
+        limit = settings.max_topics_per_connection
+        if limit is not None and len(sse.topics) > limit:
+            return plain(HTTPStatus.BAD_REQUEST, f"at most {limit} topics per connection")
+        sse.headers = self._cors(request)
+        if request.headers.get("Last-Event-ID"):
+            self.sse_resumes += 1
+        return sse
+
+    def _topics(self, client: Client, request: Request) -> Response | Deferred:
+        refusal = self.admit(client, self._browser_origin(request, lenient=True))
+        if refusal is not None:
+            return self._refused(refusal)
+        return self.topics_api.answer(request, client.grant.allows, self._cors(request))
 
     def admit(self, client: Client, request: Request) -> Refusal | None:
         """Refuse a handshake with a status and a reason, or None to accept it.

@@ -34,6 +34,10 @@ class GatewaySettings:
     heartbeat: float = 20.0
     history: int = 256
     coalesce: float = 0.0
+    # other transports: seconds an HTTP cache may serve /v1/topics answers
+    http_max_age: float = 1.0
+    # occupancy: seconds between this node's count reports on NATS
+    occupancy_interval: float = 1.0
     # limits (None means no limit)
     max_message_size: int = 64 * 1024
     max_topics_per_request: int = 100

@@ -17,6 +17,7 @@ __all__ = [
     "ClientMessage",
     "Error",
     "Event",
+    "Occupancy",
     "Ping",
     "Pong",
     "Reconnect",
@@ -53,6 +54,8 @@ class Subscribe(_Message, tag="subscribe"):
     id: RequestId
     topics: list[str]
     since: dict[str, Position] | None = None
+    # ask for ``occupancy`` frames of these topics (PROTOCOL.md section 3)
+    occupancy: bool = False
 
 
 class Unsubscribe(_Message, tag="unsubscribe"):
@@ -133,3 +136,12 @@ class Error(_Message, tag="error"):
 class Reconnect(_Message, tag="reconnect"):
     after_ms: int
     reason: str
+
+
+class Occupancy(_Message, tag="occupancy"):
+    """A gauge, not an event: subscriptions to ``topic`` on every gateway of
+    the same NATS, at ``ts`` (gateway wall clock). No ``seq``."""
+
+    topic: str
+    subscribers: int
+    ts: float

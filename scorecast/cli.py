@@ -172,6 +172,15 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     watch("--token", None, help="JWT, sent as Authorization: Bearer")
     watch("--count", None, _optional_int, help="stop after N updates")
     watch("--seconds", 300.0, _seconds, help="stop after this long (0: no limit)")
+    sse = environ.get("SCORECAST_SSE", "").strip().lower()
+    if sse not in ("", "0", "1", "false", "true", "no", "yes"):
+        watch.parser.error(f"SCORECAST_SSE={sse!r}: want 1 or 0")
+    watch.parser.add_argument(
+        "--sse",
+        action="store_true",
+        default=sse in ("1", "true", "yes"),
+        help="over Server-Sent Events (GET /sse), not a WebSocket [SCORECAST_SSE]",
+    )
 
     cluster = _Flags(
         commands.add_parser("cluster", help="3 clustered NATS nodes + gateways + simulator, local"),
@@ -253,6 +262,8 @@ def _add_gateway(flags: _Flags) -> None:
     flags("--heartbeat", 20.0, _positive, help="WebSocket ping interval, seconds")
     flags("--history", 256, _count, help="recent events kept per topic in memory")
     flags("--coalesce", 0.0, _seconds, help="write window in seconds (0: one loop tick)")
+    flags("--http-max-age", 1.0, _seconds, help="Cache-Control max-age of /v1/topics, seconds")
+    flags("--occupancy-interval", 1.0, _positive, help="seconds between occupancy reports")
     flags("--max-message-size", 64 * 1024, _count, help="largest client frame, bytes")
     flags("--max-topics-per-request", 100, _count, help="topics in one subscribe")
     flags("--max-topics-per-connection", 500, _count, help="topics one connection holds")
@@ -452,6 +463,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                         token=args.token,
                         count=args.count,
                         seconds=args.seconds or None,
+                        sse=args.sse,
                         stop=stop,
                     )
                 )

@@ -60,6 +60,7 @@ from scorecast.client_state import (
 __all__ = [
     "Backoff",
     "ClientFailed",
+    "Occupancy",
     "ScorecastClient",
     "Status",
     "TopicView",
@@ -76,6 +77,15 @@ RATE_LIMITED_RETRY, RATE_LIMITED_RETRY_MAX = 1.0, 30.0  # seconds, doubling, jit
 
 
 _CONNECTION_CODES = {"connection_failed", "handshake_refused", "client_failed"}
+
+
+@dataclass(frozen=True, slots=True)
+class Occupancy:
+    """An ``occupancy`` gauge: subscriptions to ``topic`` on every gateway."""
+
+    topic: str
+    subscribers: int
+    ts: float | None
 
 
 class ClientFailed(ScorecastError):
@@ -145,6 +155,8 @@ class ScorecastClient:
         on_update: Callable[[Update], Any] | None = None,
         on_status: Callable[[Status], Any] | None = None,
         on_error: Callable[[GatewayError], Any] | None = None,
+        on_occupancy: Callable[[Occupancy], Any] | None = None,
+        occupancy: bool = False,
         token_in_query: bool = False,
         backoff: Backoff = Backoff(),
         ping_interval: float | None = None,
@@ -167,6 +179,9 @@ class ScorecastClient:
         self.max_message_size = max_message_size
         self.max_queue = max_queue
         self.on_update, self.on_status, self.on_error = on_update, on_status, on_error
+        # occupancy: ask for it with every subscribe; the latest gauge per topic
+        self.occupancy, self.on_occupancy = occupancy, on_occupancy
+        self.subscribers: dict[str, int] = {}
         self.state = ClientState(topics, max_topics_per_request=max_topics_per_request)
         self.status = Status.CLOSED
         self.reconnects = 0
@@ -391,11 +406,14 @@ class ScorecastClient:
                     self.state.counters.bad_frames += 1
                     continue
                 limited = False
+                if type(message) is dict and message.get("type") == "occupancy":
+                    self._occupancy(message)
+                    continue
                 for output in self.state.receive(message):
                     if isinstance(output, Update):
                         self._deliver(output)
                     elif isinstance(output, Send):
-                        await ws.send(orjson.dumps(output.message).decode())
+                        await ws.send(self._encode(output))
                     elif isinstance(output, Welcomed):
                         welcomed = self.connected_once = True
                         self._set_status(Status.CONNECTED)
@@ -513,11 +531,29 @@ class ScorecastClient:
             return  # sent on the next connection, with the rest
         for frame in frames:
             try:
-                await ws.send(orjson.dumps(frame.message).decode())
+                await ws.send(self._encode(frame))
             except ConnectionClosed:
                 return  # the session ends; connection_made resends everything
 
+    def _encode(self, frame: Send) -> str:
+        message = frame.message
+        if self.occupancy and message.get("type") == "subscribe":
+            message = {**message, "occupancy": True}
+        return orjson.dumps(message).decode()
+
     # --- fan-out to the application -------------------------------------------
+
+    def _occupancy(self, message: dict) -> None:
+        topic, subscribers = message.get("topic"), message.get("subscribers")
+        if topic not in self.state.views or type(subscribers) is not int:
+            return
+        self.subscribers[topic] = subscribers
+        if self.on_occupancy is not None:
+            ts = message.get("ts")
+            try:
+                self.on_occupancy(Occupancy(topic, subscribers, ts))
+            except Exception:
+                log.exception("on_occupancy raised; the client goes on")
 
     def _deliver(self, update: Update) -> None:
         self._wake(update)
@@ -566,15 +602,23 @@ async def run_watch(
     seconds: float | None = 300.0,
     out: Callable[[str], Any] = print,
     stop: asyncio.Event | None = None,
+    sse: bool = False,
 ) -> int:
     """``scorecast watch``: print each update as one JSON line; stop after
     ``count`` updates, ``seconds`` (None: no limit) or ``stop``. Exit status
     0; 1 when the gateway refused the client for good, or when no gateway
-    ever welcomed it (the reason goes to stderr, one line)."""
+    ever welcomed it (the reason goes to stderr, one line). ``sse``: over
+    Server-Sent Events (``GET /sse``) instead of a WebSocket."""
     if not topics:
         raise ValueError("name at least one topic to watch, e.g. football.live")
     seen = 0
-    async with ScorecastClient(url, token=token, topics=topics) as client:
+    if sse:
+        from scorecast.client_sse import SseClient
+
+        opened = SseClient(url, token=token, topics=topics)
+    else:
+        opened = ScorecastClient(url, token=token, topics=topics)
+    async with opened as client:
         closer = None
         if stop is not None:
 

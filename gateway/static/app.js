@@ -4,7 +4,9 @@
 // match topic holds {id, home: {name, code, score, red}, away, minute, added,
 // period, status, events: [...]}. Clicking a match (or opening #match=<id>)
 // subscribes to its topic and drops the one shown before. The page's ?token=
-// is passed on to the gateway, for deployments that require tokens.
+// is passed on to the gateway, for deployments that require tokens; its
+// ?transport=sse|websocket|auto picks how (auto: WebSocket, SSE if upgrades
+// fail). The detail shows how many are watching the match (occupancy).
 
 import { ScorecastClient, Status } from "/client.js";
 
@@ -110,7 +112,13 @@ function select(id) {
     row.classList.toggle("selected", row.dataset.matchId === id);
   }
   client.subscribe(`match.${id}`);
+  renderWatching(null);
   renderMatch(null);
+}
+
+function renderWatching(count) {
+  const text = typeof count === "number" ? `${count} watching` : "";
+  $("#detail .watching").textContent = text;
 }
 
 function renderMatch(match, update) {
@@ -190,8 +198,10 @@ function renderStatus(status) {
   document.body.classList.toggle("stale", status !== Status.CONNECTED);
 }
 
-const token = new URLSearchParams(location.search).get("token");
-const client = new ScorecastClient(wsUrl(), { topics: [BOARD], token });
+const query = new URLSearchParams(location.search);
+const token = query.get("token");
+const transport = query.get("transport") ?? "auto";
+const client = new ScorecastClient(wsUrl(), { topics: [BOARD], token, transport, occupancy: true });
 const statuses = [];
 
 client.on("status", (status) => {
@@ -201,6 +211,9 @@ client.on("status", (status) => {
 client.on("update", (update) => {
   if (update.topic === BOARD) renderBoard(update.state);
   else if (update.topic === `match.${selected}`) renderMatch(update.state, update);
+});
+client.on("occupancy", (gauge) => {
+  if (gauge.topic === `match.${selected}`) renderWatching(gauge.subscribers);
 });
 client.on("error", (error) => console.warn("scorecast:", error));
 

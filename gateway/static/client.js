@@ -20,6 +20,14 @@
 // nothing. ScorecastClient owns the socket, timers and retries: exponential
 // backoff with full jitter, `reconnect` hints from a draining gateway, and
 // application pings.
+//
+// Transports: WebSocket by default; Server-Sent Events (GET /sse) when told
+// (`transport: "sse"`) or, with `transport: "auto"` (the default), after
+// `fallbackAfter` WebSocket attempts in a row that never opened (a proxy that
+// blocks upgrades). The views and positions carry across the switch: the SSE
+// URL's `since` holds every topic's position, and the browser's own reconnects
+// resume with Last-Event-ID. `occupancy: true` asks for "N watching" gauges,
+// emitted as "occupancy" {topic, subscribers, ts}.
 
 export const PROTOCOL_VERSION = 1;
 export const DEFAULT_MAX_TOPICS_PER_REQUEST = 100;
@@ -99,8 +107,13 @@ function checkedTopics(topics) {
 //   {type: "gatewayError", code, message, requestId, topics}
 
 export class ClientState {
-  constructor(topics = [], { maxTopicsPerRequest = DEFAULT_MAX_TOPICS_PER_REQUEST } = {}) {
+  constructor(
+    topics = [],
+    { maxTopicsPerRequest = DEFAULT_MAX_TOPICS_PER_REQUEST, occupancy = false } = {},
+  ) {
     this.maxTopicsPerRequest = maxTopicsPerRequest;
+    this.occupancy = occupancy; // ask for occupancy gauges with every subscribe
+    this.subscribers = new Map(); // topic -> the latest occupancy gauge
     this.views = new Map(); // topic -> {topic, seq, state, ts, pending}
     this.connected = false;
     this.session = null;
@@ -182,6 +195,23 @@ export class ClientState {
     this._requests.clear();
     this._pings.clear();
     return this._subscribeFrames(this.topics);
+  }
+
+  /** An SSE stream opened: it subscribed every topic by its URL (no
+   * `subscribed` answer comes), so nothing is in flight. */
+  streamOpened() {
+    this.connected = true;
+    this._requests.clear();
+    this._pings.clear();
+    for (const view of this.views.values()) view.pending = null;
+  }
+
+  /** The SSE form of every topic's position: `T1:n,T2:m` (those known). */
+  cursor() {
+    return [...this.views.values()]
+      .filter((view) => view.seq !== null)
+      .map((view) => `${view.topic}:${view.seq}`)
+      .join(",");
   }
 
   connectionLost() {
@@ -318,6 +348,13 @@ export class ClientState {
               heartbeat: this.heartbeat, protocol }];
   }
 
+  _onOccupancy(message) {
+    if (typeof message.topic !== "string" || !this.views.has(message.topic)) return [];
+    const subscribers = integer(message.subscribers);
+    this.subscribers.set(message.topic, subscribers);
+    return [{ type: "occupancy", topic: message.topic, subscribers, ts: message.ts ?? null }];
+  }
+
   _onReconnect(message) {
     const afterMs = typeof message.after_ms === "number" ? Math.max(0, message.after_ms) : 0;
     return [{ type: "reconnectHint", afterMs, reason: String(message.reason ?? "") }];
@@ -343,6 +380,7 @@ export class ClientState {
       const id = this._nextId++;
       this._requests.set(id, { kind: "subscribe", topics: batch, refusals: [] });
       const message = { type: "subscribe", id, topics: batch };
+      if (this.occupancy) message.occupancy = true;
       const since = {};
       for (const topic of batch) {
         const view = this.views.get(topic);
@@ -366,6 +404,7 @@ const HANDLERS = {
   authed: ClientState.prototype._onAuthed,
   welcome: ClientState.prototype._onWelcome,
   reconnect: ClientState.prototype._onReconnect,
+  occupancy: ClientState.prototype._onOccupancy,
 };
 
 class BadFrame extends Error {}
@@ -390,6 +429,73 @@ function gatewayError(code, message, requestId, topics) {
 
 // --- the connection ---------------------------------------------------------------
 
+const SSE_TYPES = ["welcome", "snapshot", "event", "occupancy", "error", "reconnect", "message"];
+
+/** The SSE endpoint beside a WebSocket URL: ws -> http, wss -> https, /ws -> /sse. */
+export function sseUrlFor(url) {
+  const parsed = new URL(url);
+  parsed.protocol = parsed.protocol === "wss:" ? "https:" : "http:";
+  parsed.pathname = parsed.pathname.replace(/\/ws$/, "") + "/sse";
+  parsed.search = "";
+  return parsed.toString();
+}
+
+/**
+ * An EventSource dressed as the WebSocket the client drives: readyState,
+ * onopen / onmessage / onclose, close(). It is one-way: a subscribe or
+ * unsubscribe "sent" on it asks for a new stream (onrestart). An error while
+ * the browser reconnects by itself is `onreconnecting`; a stream the browser
+ * gave up on (an HTTP refusal) closes with 1006 and the client's backoff.
+ */
+class SseSocket {
+  constructor(EventSourceImpl, url) {
+    this.sse = true;
+    this.readyState = 0;
+    this.onopen = this.onmessage = this.onclose = this.onreconnecting = this.onrestart = null;
+    this._source = null;
+    if (url === null) {
+      // no topics yet: an idle stream until subscribe() asks for a real one
+      this.readyState = 1;
+      queueMicrotask(() => this.onopen?.());
+      return;
+    }
+    const source = new EventSourceImpl(url);
+    this._source = source;
+    source.onopen = () => {
+      this.readyState = 1;
+      this.onopen?.();
+    };
+    const deliver = (event) => {
+      if (typeof event.data === "string") this.onmessage?.({ data: event.data });
+    };
+    for (const type of SSE_TYPES) {
+      if (type !== "error") source.addEventListener(type, deliver);
+    }
+    // "error" is both the gateway's error message and the stream's own failure
+    source.addEventListener("error", (event) => {
+      if (typeof event.data === "string") {
+        deliver(event);
+      } else if (source.readyState === 2) {
+        this.readyState = 3;
+        this.onclose?.({ code: 1006, reason: "event stream failed" });
+      } else {
+        this.readyState = 0;
+        this.onreconnecting?.();
+      }
+    });
+  }
+
+  send(text) {
+    const type = JSON.parse(text).type;
+    if (type === "subscribe" || type === "unsubscribe") this.onrestart?.();
+  }
+
+  close() {
+    this.readyState = 3;
+    this._source?.close();
+  }
+}
+
 /** The client stopped for good (1008 policy close, or a URL it cannot use). */
 export class ClientFailed extends Error {}
 
@@ -400,12 +506,18 @@ export class ClientFailed extends Error {}
  * called before each connection attempt; sent as ?token= since browsers
  * cannot set headers on a WebSocket), topics, backoff {minDelay, maxDelay,
  * factor} in ms, pingInterval / pingTimeout in ms (default: the gateway's
- * heartbeat), openTimeout in ms (10000), WebSocket (the constructor to use; default globalThis.WebSocket).
+ * heartbeat), openTimeout in ms (10000), WebSocket (the constructor to use; default globalThis.WebSocket),
+ * transport ("auto", "websocket" or "sse"), sseUrl (default: the URL with
+ * http(s) and /sse), fallbackAfter (WebSocket attempts that never open before
+ * "auto" moves to SSE; 2), EventSource (default globalThis.EventSource),
+ * occupancy (true: ask for "N watching").
  *
  * Events, via on(type, fn) which returns a function that removes fn:
  *   "update"  {topic, seq, kind, state, data, ts, snapshot}
  *   "status"  one of Status
  *   "error"   {code, message, requestId, topics} from the gateway, or a ClientFailed
+ *   "occupancy" {topic, subscribers, ts} (with occupancy: true)
+ *   "transport" "websocket" or "sse", when the client starts using it
  */
 export class ScorecastClient {
   constructor(url, options = {}) {
@@ -420,11 +532,24 @@ export class ScorecastClient {
     this.pingTimeout = options.pingTimeout ?? null;
     this.openTimeout = options.openTimeout ?? 10000;
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    this.EventSource = options.EventSource ?? globalThis.EventSource;
+    this.transport = options.transport ?? "auto";
+    if (!["auto", "websocket", "sse"].includes(this.transport)) {
+      throw new TypeError(`transport is "auto", "websocket" or "sse", not ${this.transport}`);
+    }
+    this.sseUrl = options.sseUrl ?? sseUrlFor(url);
+    this.fallbackAfter = options.fallbackAfter ?? 2;
+    this.using = this.transport === "sse" ? "sse" : "websocket";
+    this._wsFailures = 0;
+    this._opened = false;
     this.state = new ClientState(options.topics ?? [], options);
     this.status = Status.CLOSED;
     this.reconnects = 0;
     this.failure = null;
-    this._listeners = { update: new Set(), status: new Set(), error: new Set() };
+    this._listeners = {
+      update: new Set(), status: new Set(), error: new Set(), occupancy: new Set(),
+      transport: new Set(),
+    };
     this._ws = null;
     this._attempt = 0;
     this._timers = new Set();
@@ -494,6 +619,10 @@ export class ScorecastClient {
       return;
     }
     if (this._closing) return;
+    if (this.using === "sse") {
+      this._openSse(token);
+      return;
+    }
     const url = new URL(this.url);
     if (token) url.searchParams.set("token", token);
     let ws;
@@ -505,12 +634,61 @@ export class ScorecastClient {
     }
     this._ws = ws;
     this._hintAt = null;
-    ws.onopen = () => this._send(this.state.connectionMade());
+    this._opened = false;
+    ws.onopen = () => {
+      this._opened = true;
+      this._wsFailures = 0;
+      this._send(this.state.connectionMade());
+    };
     ws.onmessage = (event) => this._onFrame(event.data);
     ws.onclose = (event) => this._lost(ws, event.code, event.reason);
     ws.onerror = () => {}; // a close event always follows
     this._later(this.openTimeout, () => {
       if (ws === this._ws && ws.readyState === 0) this._drop(1000, "open timeout");
+    });
+  }
+
+  /** One SSE stream with every topic and its position in the URL; the
+   * browser's own reconnects resume it with Last-Event-ID. */
+  _openSse(token) {
+    const url = new URL(this.sseUrl);
+    const topics = this.state.topics;
+    url.searchParams.set("topics", topics.join(","));
+    const cursor = this.state.cursor();
+    if (cursor) url.searchParams.set("since", cursor);
+    if (this.state.occupancy) url.searchParams.set("occupancy", "1");
+    if (token) url.searchParams.set("token", token);
+    const stream = new SseSocket(this.EventSource, topics.length ? url.toString() : null);
+    this._ws = stream;
+    this._hintAt = null;
+    stream.onopen = () => {
+      this.state.streamOpened();
+      if (!topics.length) this._setStatus(Status.CONNECTED); // nothing to stream yet
+    };
+    stream.onreconnecting = () => {
+      // the browser reconnects by itself (Last-Event-ID): views stay, nothing in flight
+      this.state.connectionLost();
+      this._setStatus(Status.RECONNECTING);
+    };
+    stream.onrestart = () => this._restartStream();
+    stream.onmessage = (event) => this._onFrame(event.data);
+    stream.onclose = (event) => this._lost(stream, event.code, event.reason);
+  }
+
+  /** The topics changed (or a gap needs a resubscribe): a new SSE stream
+   * from the positions held, at once. */
+  _restartStream() {
+    if (this._restartQueued) return;
+    this._restartQueued = true;
+    queueMicrotask(() => {
+      this._restartQueued = false;
+      const stream = this._ws;
+      if (this._closing || stream === null || !stream.sse) return;
+      stream.onopen = stream.onmessage = stream.onclose = stream.onreconnecting = null;
+      stream.close();
+      this._ws = null;
+      this.state.connectionLost();
+      this._open();
     });
   }
 
@@ -534,7 +712,10 @@ export class ScorecastClient {
         case "welcomed":
           this._attempt = 0;
           this._setStatus(Status.CONNECTED);
-          this._startHeartbeat();
+          if (!this._ws?.sse) this._startHeartbeat(); // SSE: no pongs; the stream's own errors tell
+          break;
+        case "occupancy":
+          this._emit("occupancy", output);
           break;
         case "reconnectHint":
           this._hintAt = Date.now() + output.afterMs;
@@ -606,6 +787,12 @@ export class ScorecastClient {
   /** Give the open connection a fresh token (the `auth` message), so that it
    * outlives the old token's `exp`; resolves with the new `exp`. */
   refreshToken(token) {
+    if (this._ws?.sse) {
+      // an SSE stream cannot be told: a new stream with the new token, resuming
+      this.token = token;
+      this._restartStream();
+      return Promise.resolve(null);
+    }
     if (this._ws === null || this._ws.readyState !== 1) {
       return Promise.reject(new Error("not connected: the next connection sends the token"));
     }
@@ -634,6 +821,14 @@ export class ScorecastClient {
     if (code === 1008) {
       this._fail(new ClientFailed(`gateway refused this client (1008 policy): ${reason}`));
       return;
+    }
+    if (!ws.sse && !this._opened && this.transport === "auto" && this.EventSource) {
+      // upgrades that never open (a proxy in the way): Server-Sent Events instead
+      if (++this._wsFailures >= this.fallbackAfter) {
+        this.using = "sse";
+        this._attempt = 0;
+        this._emit("transport", "sse");
+      }
     }
     if (this._hintAt !== null) {
       this._setStatus(Status.DRAINING);
