@@ -58,7 +58,7 @@ def count(stats: dict[str, dict], name: str) -> int:
 async def test_locust_user_records_connects_snapshots_and_events(gateway, nc, tmp_path):
     stats = await run_locust(
         gateway, nc, tmp_path, "loadtest/locustfile.py",
-        *("-u", "20", "-r", "10", "-t", "5s", "--scorecast-topics-per-user", "2"),
+        *("-u", "20", "-r", "10", "-t", "10s", "--scorecast-topics-per-user", "2"),
         "--scorecast-ping-interval", "1",
     )  # fmt: skip
     assert count(stats, "connect") == 20

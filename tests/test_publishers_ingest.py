@@ -252,13 +252,14 @@ async def test_run_ingest_serves_until_stopped(nats_server, nc):
     )
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as session:
-        for _ in range(200):
+        for _ in range(500):  # ingest listens at once; ready once NATS answered
             try:
-                async with session.get(f"{url}/healthz") as response:
-                    assert response.status == 200
-                    break
+                async with session.get(f"{url}/readyz") as response:
+                    if response.status == 200:
+                        break
             except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.02)
+                pass
+            await asyncio.sleep(0.02)
         body = orjson.dumps([GOAL, CLOCK])
         async with session.post(f"{url}/v1/events", data=body, headers=JSON_TYPE) as response:
             assert response.status == 202

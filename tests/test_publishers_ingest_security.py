@@ -29,7 +29,7 @@ JSON = {"Content-Type": "application/json"}
 
 
 def token(key=SECRET, algorithm="HS256", **claims) -> str:
-    claims.setdefault("exp", int(time.time()) + 300)
+    claims.setdefault("exp", int(time.time()) + 3600)  # made at collection time
     claims = {name: value for name, value in claims.items() if value is not None}
     return jwt.encode(claims, key, algorithm=algorithm)
 
