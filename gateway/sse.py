@@ -51,7 +51,6 @@ CACHE_SIZE = 8192  # frames whose SSE bytes are kept (one per event, shared)
 RETRY_MS = 1000  # the browser's reconnect delay, sent first
 MAX_INPUT = 64 * 1024  # an SSE client has nothing to send; more than this is abuse
 HEARTBEAT = b": heartbeat\n\n"
-PING_FRAME = b"\x89\x00"
 
 
 class _Head(msgspec.Struct):

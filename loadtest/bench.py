@@ -78,6 +78,14 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = 
     flag("--open-timeout", float, "seconds one connection may take to be ready")
     flag("--state-bytes", int, "approximate size of each event's match state")
     flag("--seed", int, "seed of the topic draw")
+    flag(
+        "--sse-connections",
+        int,
+        "also: SSE beside WebSockets on this many connections each, and the snapshot "
+        "coalescing figure (loadtest.bench_sse; 0: not)",
+        0,
+    )
+    flag("--sse-cold", int, "concurrent cold snapshot requests of the coalescing figure", 500)
     parser.add_argument("--json", metavar="FILE", help="write the result as JSON here")
     parser.add_argument("--markdown", metavar="FILE", help="write the Markdown tables here")
     return parser
@@ -175,6 +183,14 @@ def run_from_args(args: argparse.Namespace, command: str | None = None) -> int:
     report = uvloop.run(run_bench(config, progress=lambda line: print(line, flush=True)))
     report["command"] = command or shlex.join(["scorecast", *sys.argv[1:]])
     markdown = render_markdown(report)
+    if getattr(args, "sse_connections", 0) > 0:
+        from loadtest import bench_sse
+
+        print("SSE beside WebSockets, and snapshot coalescing (loadtest.bench_sse)", flush=True)
+        report["transports"] = uvloop.run(
+            bench_sse.measure(args.sse_connections, config.events, args.sse_cold)
+        )
+        markdown += "\n\n" + bench_sse.markdown(report["transports"])
     print()
     print(markdown)
     if args.json:

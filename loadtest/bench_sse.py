@@ -1,6 +1,7 @@
 """SSE beside WebSockets, and request coalescing, on one gateway process::
 
     python -m loadtest.bench_sse [--connections 2000] [--events 100] [--cold 500]
+    scorecast bench ... --sse-connections 2000     # the same, after the other scenarios
 
 One run starts a nats-server (JetStream, the SCORES stream) and one
 ``scorecast gateway --workers 1`` process, then:
@@ -200,6 +201,12 @@ async def measure_coalescing(port: int, js, count: int) -> dict:
         "p50_ms": round(statistics.median(latencies) * 1000, 1),
         "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1),
     }
+
+
+async def measure(connections: int, events: int, cold: int, pad: int = 100) -> dict:
+    """The figures, as ``scorecast bench --sse-connections N`` reports them."""
+    args = argparse.Namespace(connections=connections, events=events, cold=cold, pad=pad)
+    return await run(args)
 
 
 async def run(args: argparse.Namespace) -> dict:

@@ -240,3 +240,15 @@ async def test_slow_reader_that_catches_up_gets_a_snapshot(make_gateway, js):
     assert final["type"] == "snapshot"  # the conflated topic's newest snapshot
     assert check_sequence(slow.of("match.8")) == seq
     await slow.close()
+
+
+async def test_an_expired_token_ends_the_stream_with_unauthorized(make_gateway, js):
+    gw = await make_gateway(jwt_secret=SECRET)
+    short = jwt.encode({"exp": int(time.time()) + 2}, SECRET, algorithm="HS256")
+    sse = await SseReader.open(gw.port, f"?topics=match.1&token={short}")
+    assert sse.status == 200
+    await sse.wait_for(lambda f: f["type"] == "snapshot")
+    await sse.wait_end(timeout=15)
+    assert sse.frames[-1]["type"] == "error" and sse.frames[-1]["code"] == "unauthorized"
+    expired = await SseReader.open(gw.port, f"?topics=match.1&token={short}")
+    assert expired.status == 401 and b"expired" in expired.body
