@@ -12,6 +12,7 @@ ROWS: dict[str, list[tuple[str, str, bool]]] = {
     "hot": [
         ("server CPU per delivery (us)", "cpu_us_per_delivery", True),
         ("server write() calls per delivery", "write_calls_per_delivery", True),
+        ("server CPU per write() call (us)", "cpu_us_per_write_call", True),
         ("deliveries per second", "deliveries_per_second", False),
         ("latency p50 (ms)", "latency_p50_ms", True),
         ("latency p99 (ms)", "latency_p99_ms", True),
