@@ -12,6 +12,7 @@ ROWS: dict[str, list[tuple[str, str, bool]]] = {
     "hot": [
         ("server CPU per delivery (us)", "cpu_us_per_delivery", True),
         ("server write() calls per delivery", "write_calls_per_delivery", True),
+        ("server CPU per write() call (us)", "cpu_us_per_write_call", True),
         ("deliveries per second", "deliveries_per_second", False),
         ("latency p50 (ms)", "latency_p50_ms", True),
         ("latency p99 (ms)", "latency_p99_ms", True),
@@ -192,20 +193,28 @@ def _floor_targets(results: dict[str, dict[str, dict]]) -> list[dict]:
     targets = []
     for scenario, factor in FLOOR_GOALS.items():
         by_server = results.get(scenario, {})
-        mine = _get(by_server.get("scorecast"), "cpu_us_per_delivery")
-        floor = _get(by_server.get("floor"), "cpu_us_per_delivery")
-        if mine is None or "floor" not in by_server:
+        if "scorecast" not in by_server or "floor" not in by_server:
             continue
-        goal = round(factor * floor, 3) if isinstance(floor, int | float) else None
-        targets.append(
-            _target(
-                f"{scenario}: server CPU per delivery <= {factor}x the floor's",
-                mine,
-                goal,
-                lambda m, g: m <= g,
-                " us",
+        # per delivery as the issue words it; per write() call like for like, since a
+        # server that falls behind joins frames into fewer writes and looks cheaper
+        for path, what in (
+            ("cpu_us_per_delivery", "delivery"),
+            ("cpu_us_per_write_call", "write() call"),
+        ):
+            mine = _get(by_server["scorecast"], path)
+            floor = _get(by_server["floor"], path)
+            if mine is None:
+                continue
+            goal = round(factor * floor, 3) if isinstance(floor, int | float) else None
+            targets.append(
+                _target(
+                    f"{scenario}: server CPU per {what} <= {factor}x the floor's",
+                    mine,
+                    goal,
+                    lambda m, g: m <= g,
+                    " us",
+                )
             )
-        )
     for scenario in ("idle", "hot"):  # idle measures memory alone; hot if idle did not run
         memory = _get(results.get(scenario, {}).get("scorecast"), "rss_per_connection_kib")
         if memory is not None:

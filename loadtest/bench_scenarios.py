@@ -187,6 +187,7 @@ async def _measure(ctx: BenchContext, tree: ProcessTree, events: list[str], rate
         "write_calls": writes,
         # below 1: writes joined several frames (backlog or coalescing), not one per event
         "write_calls_per_delivery": _per(writes, received),
+        "cpu_us_per_write_call": _per(cpu.total, writes, 1e6),
         "generator_cpu": _cpu(fleet_cpu),
         "generator_cpu_us_per_delivery": _per(fleet_cpu.total, received, 1e6),
         "deliveries_per_second": round(received / span) if span > 0 else None,

@@ -65,7 +65,12 @@ def test_bench_runs_every_scenario_against_every_server(tmp_path, capsys):
     assert "scorecast / nats-server WS" in markdown
     assert "scorecast / floor (bare writes)" in markdown
     floor_targets = [t for t in report["targets"] if "the floor's" in t["target"]]
-    assert [t["target"].split(":")[0] for t in floor_targets] == ["hot", "many"]
+    assert [t["target"].split(" <=")[0] for t in floor_targets] == [
+        "hot: server CPU per delivery",
+        "hot: server CPU per write() call",
+        "many: server CPU per delivery",
+        "many: server CPU per write() call",
+    ]
     assert all(t["goal"] != "-" and t["met"] in (True, False) for t in floor_targets)
     assert any("memory per connection <= 5 KiB" in t["target"] for t in report["targets"])
     assert "### Targets (scorecast)" in markdown
