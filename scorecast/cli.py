@@ -55,6 +55,15 @@ _positive = above(0)  # seconds or a rate that must be above zero
 _seconds = at_least(0.0, float)  # seconds, zero allowed
 
 
+def _readable(text: str) -> str:
+    """A file that exists and can be read (a key, a credentials file)."""
+    try:
+        with open(text, "rb"):
+            return text
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"{text}: {error.strerror}") from None
+
+
 def _topic(text: str) -> str:
     from protocol.topics import is_valid_topic
 
@@ -215,7 +224,7 @@ def _add_gateway(flags: _Flags) -> None:
     flags("--hard-limit", 4 * 1024 * 1024, _count, help="unsent bytes before close 4008")
     flags("--slow-grace", 30.0, _seconds, help="seconds a client may stay slow before 4008")
     flags("--jwt-secret", None, help="HS256 secret; tokens required when set")
-    flags("--jwt-public-key", None, help="RS256/ES256 public key file (PEM)")
+    flags("--jwt-public-key", None, _readable, help="RS256/ES256 public key file (PEM)")
     flags("--allowed-origins", (), csv, help="allowed Origin values, comma-separated")
     flags("--handshake-timeout", 10.0, _positive, help="seconds to complete the handshake")
     flags("--messages-per-second", 20.0, _positive, help="client messages per second, sustained")
