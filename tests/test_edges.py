@@ -405,10 +405,10 @@ def read_dev_urls(process: subprocess.Popen) -> dict[str, str]:
     return urls
 
 
-def test_dev_runs_ingest_and_its_nats_server_dies_when_dev_is_killed(commands):
+def test_dev_runs_ingest_and_its_nats_server_dies_when_dev_is_killed(commands, tmp_path):
     command = commands(
         "--log-level", "warning", "dev", "--port", "0", "--ingest-port", "0", "--matches", "1",
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE, env={"TMPDIR": str(tmp_path)},  # a SIGKILL leaves the store
     )  # fmt: skip
     urls = read_dev_urls(command.process)
     body = orjson.dumps({"topic": "match.77", "kind": "goal", "data": {"home": 1}})
@@ -457,3 +457,29 @@ def test_storm_exits_1_when_no_connection_opened(commands, tmp_path):
         "--output", str(tmp_path / "storm.json"),
     )  # fmt: skip
     assert command.finish(60) == 1
+
+
+def test_cluster_nats_servers_die_when_cluster_is_killed(commands, tmp_path):
+    command = commands(
+        "--log-level", "warning", "cluster", "--port", "0", "--gateways", "1", "--matches", "1",
+        stdout=subprocess.PIPE, env={"TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    ports = []
+    while len(ports) < 3:
+        line = command.process.stdout.readline().decode()
+        assert line, f"scorecast cluster exited: {command.output()[-5:]}"
+        if match := re.search(r"nats://[\d.]+:(\d+)", line):
+            ports.append(int(match.group(1)))
+    command.process.send_signal(signal.SIGKILL)
+    command.process.wait(5)
+
+    def all_gone() -> bool:
+        for port in ports:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return False
+            except OSError:
+                continue
+        return True
+
+    wait_until(all_gone, timeout=10, what="nats-servers gone after cluster was SIGKILLed")
