@@ -317,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PORT
 
 
-class _StoppedEarly(BaseException):
-    pass
+class _StoppedEarly(SystemExit):
+    """SIGTERM before a command took the signal over. A SystemExit, so that
+    an event loop it interrupts stops and cleans up instead of logging it."""
 
 
 def _stopped_early(_signum: int, _frame: object) -> None:
