@@ -56,6 +56,15 @@ _positive = above(0)  # seconds or a rate that must be above zero
 _seconds = at_least(0.0, float)  # seconds, zero allowed
 
 
+def _readable(text: str) -> str:
+    """A file that exists and can be read (a key, a credentials file)."""
+    try:
+        with open(text, "rb"):
+            return text
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"{text}: {error.strerror}") from None
+
+
 def _topic(text: str) -> str:
     from protocol.topics import is_valid_topic
 
@@ -275,7 +284,7 @@ def _add_gateway(flags: _Flags) -> None:
         "--socket-send-buffer", 64 * 1024, _number, help="SO_SNDBUF per client socket (0: kernel's)"
     )
     flags("--jwt-secret", None, help="HS256 secret; tokens required when set")
-    flags("--jwt-public-key", None, help="RS256/ES256 public key file (PEM)")
+    flags("--jwt-public-key", None, _readable, help="RS256/ES256 public key file (PEM)")
     flags("--allowed-origins", (), csv, help="allowed Origin values, comma-separated")
     flags("--handshake-timeout", 10.0, _positive, help="seconds to complete the handshake")
     flags("--messages-per-second", 20.0, _positive, help="client messages per second, sustained")
@@ -369,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PORT
 
 
-class _StoppedEarly(BaseException):
-    pass
+class _StoppedEarly(SystemExit):
+    """SIGTERM before a command took the signal over. A SystemExit, so that
+    an event loop it interrupts stops and cleans up instead of logging it."""
 
 
 def _stopped_early(_signum: int, _frame: object) -> None:

@@ -180,3 +180,54 @@ test("an auth request is answered by authed, or by an error with its id", () => 
   assert.equal(error.requestId, refused);
   assert.equal(error.code, "unauthorized");
 });
+
+describe("ScorecastClient resubscribes (a fake WebSocket, real timers)", () => {
+  class FakeSocket {
+    constructor(url) {
+      this.url = url;
+      this.readyState = 0;
+      this.sent = [];
+      FakeSocket.last = this;
+      setTimeout(() => {
+        this.readyState = 1;
+        this.onopen?.();
+      }, 0);
+    }
+    send(data) {
+      this.sent.push(JSON.parse(data));
+    }
+    close() {
+      this.readyState = 3;
+    }
+    receive(message) {
+      this.onmessage?.({ data: JSON.stringify(message) });
+    }
+  }
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  test("gaps go as one request; rate_limited keeps the topics and asks again later", async () => {
+    const topics = ["match.1", "match.2"];
+    const client = new ScorecastClient("ws://127.0.0.1:1/ws", { topics, WebSocket: FakeSocket });
+    const errors = [];
+    client.on("error", (error) => errors.push(error));
+    client.connect();
+    await sleep(5);
+    const ws = FakeSocket.last;
+    assert.deepEqual(ws.sent, [{ type: "subscribe", id: 1, topics }]);
+    ws.receive({ type: "subscribed", id: 1, topics });
+    for (const topic of topics) ws.receive({ type: "snapshot", topic, seq: 1, ts: 1, state: {} });
+    for (const topic of topics) ws.receive({ type: "event", topic, seq: 3, ts: 2, data: {} });
+    assert.equal(ws.sent.length, 1, "nothing sent before the batch window ends");
+    await sleep(40);
+    const since = { "match.1": 1, "match.2": 1 };
+    assert.deepEqual(ws.sent.slice(1), [{ type: "subscribe", id: 2, topics, since }]);
+    ws.receive({ type: "error", id: 2, code: "rate_limited", message: "too many messages" });
+    assert.deepEqual(client.topics, topics);
+    assert.equal(errors[0].code, "rate_limited");
+    await sleep(100);
+    assert.equal(ws.sent.length, 2, "not asked again at once");
+    await sleep(1000);
+    assert.deepEqual(ws.sent.slice(2), [{ type: "subscribe", id: 3, topics, since }]);
+    client.close();
+  });
+});
