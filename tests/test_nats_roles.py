@@ -153,6 +153,16 @@ async def test_the_gateway_role_cannot_publish_scores_or_change_the_stream(secur
         assert (await js.stream_info("SCORES")).state.messages == 1
         assert (await js.get_last_msg("SCORES", "scores.match.1")).data
         assert len(await stored_messages(nc.jetstream())) == 1
+        # nor read the replies meant for others (a publisher's, here)
+        errors.clear()
+        await gateway.subscribe("_INBOX.>")
+        await gateway.subscribe("_INBOX.publisher.>")
+        await gateway.flush()
+        for _ in range(50):
+            if len(errors) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert sum("violation for subscription" in str(e).lower() for e in errors) == 2, errors
         # and what a publisher may not: read committed events
         with pytest.raises(nats.errors.Error):
             sub = await nc.subscribe("committed.scores.>")
@@ -180,7 +190,10 @@ def test_the_shipped_config_is_the_roles_and_valid():
 def test_nats_auth_options():
     assert NatsAuth().options() == {}
     assert NatsAuth(creds="/x.creds").options() == {"user_credentials": "/x.creds"}
-    assert NatsAuth(user="u", password="p").options() == {"user": "u", "password": "p"}
+    assert NatsAuth(user="u", password="p").options() == {
+        "user": "u", "password": "p", "inbox_prefix": "_INBOX.u"
+    }  # fmt: skip
+    assert "inbox_prefix" not in NatsAuth(user="a.b c", password="p").options()
     assert NatsAuth(token="t").options() == {"token": "t"}
     assert "p" not in repr(NatsAuth(user="u", password="p"))
     with pytest.raises(ValueError):
