@@ -7,8 +7,9 @@ and no ``no_auth_user`` refuses every client without credentials):
   subscribe ``committed.scores.>``; publish and subscribe
   ``scorecast.occupancy.>``; the JetStream API calls of
   :class:`gateway.broker_nats.NatsBroker` on SCORES only (stream info,
-  message get and direct get, create/delete of the ephemeral ordered
-  consumers that ``fetch()`` uses, their flow-control replies); its own
+  message get and direct get, create/delete/info of the ephemeral ordered
+  consumers that ``fetch()`` uses, their flow-control replies, and pulling
+  from a consumer of SCORES); its own
   inbox ``_INBOX.gateway.>`` (not others' replies).
   Publishing to ``scores.>`` is denied explicitly.
 - ``publisher`` (simulate, ingest, replay) writes scores and manages the
@@ -44,6 +45,7 @@ GATEWAY: dict[str, dict[str, list[str]]] = {
             f"{_API}.CONSUMER.CREATE.{_SCORES}.>",
             f"{_API}.CONSUMER.DELETE.{_SCORES}.>",
             f"{_API}.CONSUMER.INFO.{_SCORES}.>",
+            f"{_API}.CONSUMER.MSG.NEXT.{_SCORES}.>",
             f"$JS.FC.{_SCORES}.>",
             "scorecast.occupancy.>",
         ],
