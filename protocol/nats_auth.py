@@ -11,6 +11,7 @@ reads the CA file into an SSL context.
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,10 @@ class NatsAuth:
     - ``token``: a server-wide authorization token;
     - ``tls_ca``: a PEM file of the CA that signed the servers' certificates;
       set it to connect over TLS (``tls://`` URLs, or servers that require it).
+
+    With a user name, replies come to ``_INBOX.<user>.>`` instead of
+    ``_INBOX.>``, so that the server can let each role read only its own
+    replies (deploy/nats/); a server allowing ``_INBOX.>`` allows these too.
     """
 
     creds: str | None = None
@@ -64,6 +69,8 @@ class NatsAuth:
         if self.user is not None:
             options["user"] = self.user
             options["password"] = self.password
+            if _SUBJECT_TOKEN.fullmatch(self.user):
+                options["inbox_prefix"] = f"_INBOX.{self.user}"
         if self.token is not None:
             options["token"] = self.token
         if self.tls_ca is not None:
@@ -75,3 +82,4 @@ class NatsAuth:
 
 
 ANONYMOUS = NatsAuth()
+_SUBJECT_TOKEN = re.compile(r"[A-Za-z0-9_-]+")

@@ -39,7 +39,8 @@ Then the items are stored in order:
 Slow clients: a connection that has not sent a whole request head within
 ``header_timeout`` seconds is closed (aiohttp's keep-alive timer covers a
 connection from its first byte); header lines are bounded by aiohttp's
-limits (8 KiB). Memory per request is bounded by ``max_body``.
+limits (8 KiB). Memory per request is bounded by ``max_body``, and requests
+beyond ``max_concurrent`` at once get 503 with ``Retry-After`` unread.
 
 ``GET /healthz`` is 200 while the process lives; ``GET /readyz`` is 200 when
 connected to NATS, else 503.
@@ -70,12 +71,22 @@ from publishers.errors import (
 from publishers.feed import FeedEvent, check_batch, split_batch
 from publishers.stream import DUPLICATE_WINDOW, TopicPublisher
 
-__all__ = ["BODY_TIMEOUT", "HEADER_TIMEOUT", "MAX_BATCH", "MAX_BODY", "make_app", "run_ingest"]
+__all__ = [
+    "BODY_TIMEOUT",
+    "HEADER_TIMEOUT",
+    "MAX_BATCH",
+    "MAX_BODY",
+    "MAX_CONCURRENT",
+    "feed_verifier",
+    "make_app",
+    "run_ingest",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20  # bytes
 MAX_BATCH = 1000  # items
+MAX_CONCURRENT = 64  # requests being read or stored at once: memory <= this x max_body
 HEADER_TIMEOUT = 10.0  # seconds for a request's head (and idle keep-alive)
 BODY_TIMEOUT = 10.0  # seconds for a request's whole body
 
@@ -91,10 +102,14 @@ def make_app(
     max_batch: int = MAX_BATCH,
     verifier: TokenVerifier | None = None,
     body_timeout: float = BODY_TIMEOUT,
+    max_concurrent: int = MAX_CONCURRENT,
 ) -> web.Application:
     """The ingest HTTP application, publishing through ``publisher``.
 
     ``verifier`` (checking the ``publish`` claim) makes tokens required.
+    More than ``max_concurrent`` requests at once are answered 503 with
+    ``Retry-After`` before their bodies are read, so that memory stays below
+    ``max_concurrent`` x ``max_body`` whatever the clients do.
     """
     ingest = _Ingest(
         publisher,
@@ -102,6 +117,7 @@ def make_app(
         max_batch=max_batch,
         verifier=verifier,
         body_timeout=body_timeout,
+        max_concurrent=max_concurrent,
     )
     # the body is read by _Ingest itself, bounded; this only covers aiohttp's own readers
     app = web.Application(client_max_size=max_body)
@@ -136,16 +152,33 @@ class _Ingest:
         max_batch: int,
         verifier: TokenVerifier | None,
         body_timeout: float,
+        max_concurrent: int,
     ) -> None:
         self._publisher = publisher
+        self._max_concurrent = max_concurrent
+        self._in_flight = 0
         self._max_body = max_body
         self._max_batch = max_batch
         self._verifier = verifier
         self._body_timeout = body_timeout
 
     async def post_events(self, request: web.Request) -> web.Response:
+        # the token first, from the headers alone: without one, no slot is taken
         try:
             grant = self._authorize(request)
+        except _Refused as refused:
+            return _errors(refused.status, refused.problems, close=True)
+        if self._in_flight >= self._max_concurrent:
+            busy = [(None, f"more than {self._max_concurrent} requests at once; retry")]
+            return _errors(503, busy, headers={"Retry-After": "1"}, close=True)
+        self._in_flight += 1
+        try:
+            return await self._post_events(request, grant)
+        finally:
+            self._in_flight -= 1
+
+    async def _post_events(self, request: web.Request, grant: Grant | None) -> web.Response:
+        try:
             _check_content_type(request)
             body = await self._read_body(request)
             events = self._parse(body)
@@ -300,6 +333,7 @@ async def run_ingest(
     jwt_public_key: str | None = None,
     header_timeout: float = HEADER_TIMEOUT,
     body_timeout: float = BODY_TIMEOUT,
+    max_concurrent: int = MAX_CONCURRENT,
     auth: NatsAuth = ANONYMOUS,
     duplicate_window: float = DUPLICATE_WINDOW,
     feed_id_ttl: float | None = None,
@@ -326,6 +360,7 @@ async def run_ingest(
             max_batch=max_batch,
             verifier=verifier,
             body_timeout=body_timeout,
+            max_concurrent=max_concurrent,
         )
         # no lingering: the rest of a refused (slow, oversized) body is not read
         runner = web.AppRunner(

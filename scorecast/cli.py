@@ -155,6 +155,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     ingest("--jwt-public-key", None, help="RS256/ES256 public key file (PEM) for feed tokens")
     ingest("--header-timeout", 10.0, _positive, help="seconds to send a request's head")
     ingest("--body-timeout", 10.0, _positive, help="seconds to send a request's body (else 408)")
+    ingest("--max-concurrent", 64, _count, help="requests at once (more: 503 before reading)")
 
     replay_parser = commands.add_parser(
         "replay",
@@ -450,6 +451,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                     jwt_public_key=args.jwt_public_key,
                     header_timeout=args.header_timeout,
                     body_timeout=args.body_timeout,
+                    max_concurrent=args.max_concurrent,
                     auth=auth,
                     duplicate_window=args.duplicate_window,
                     feed_id_ttl=args.feed_id_ttl,

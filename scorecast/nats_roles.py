@@ -7,14 +7,17 @@ and no ``no_auth_user`` refuses every client without credentials):
   subscribe ``committed.scores.>``; publish and subscribe
   ``scorecast.occupancy.>``; the JetStream API calls of
   :class:`gateway.broker_nats.NatsBroker` on SCORES only (stream info,
-  message get and direct get, create/delete of the ephemeral ordered
-  consumers that ``fetch()`` uses, their flow-control replies); its inbox.
+  message get and direct get, create/delete/info of the ephemeral ordered
+  consumers that ``fetch()`` uses, their flow-control replies, and pulling
+  from a consumer of SCORES); its own
+  inbox ``_INBOX.gateway.>`` (not others' replies).
   Publishing to ``scores.>`` is denied explicitly.
 - ``publisher`` (simulate, ingest, replay) writes scores and manages the
   stream: publish ``scores.>``; create/update/info of SCORES and message
   get; the feed-id bucket ``SCORECAST_FEED_IDS`` (its stream
   ``KV_SCORECAST_FEED_IDS``: create/update/info, direct get, and publish on
-  ``$KV.SCORECAST_FEED_IDS.>``); ``$JS.API.INFO``; its inbox. It cannot
+  ``$KV.SCORECAST_FEED_IDS.>``); ``$JS.API.INFO``; its inbox
+  ``_INBOX.publisher.>``. It cannot
   delete or purge SCORES, and cannot subscribe to anything but its inbox.
 
 :func:`authorization` renders the block; deploy/nats/authorization.conf is
@@ -42,13 +45,14 @@ GATEWAY: dict[str, dict[str, list[str]]] = {
             f"{_API}.CONSUMER.CREATE.{_SCORES}.>",
             f"{_API}.CONSUMER.DELETE.{_SCORES}.>",
             f"{_API}.CONSUMER.INFO.{_SCORES}.>",
+            f"{_API}.CONSUMER.MSG.NEXT.{_SCORES}.>",
             f"$JS.FC.{_SCORES}.>",
             "scorecast.occupancy.>",
         ],
         "deny": ["scores.>", "$KV.>", f"{_API}.STREAM.CREATE.>", f"{_API}.STREAM.UPDATE.>"],
     },
     "subscribe": {
-        "allow": ["committed.scores.>", "_INBOX.>", "scorecast.occupancy.>"],
+        "allow": ["committed.scores.>", "_INBOX.gateway.>", "scorecast.occupancy.>"],
         "deny": [],
     },
 }
@@ -74,7 +78,7 @@ PUBLISHER: dict[str, dict[str, list[str]]] = {
         ],
         "deny": [],
     },
-    "subscribe": {"allow": ["_INBOX.>"], "deny": []},
+    "subscribe": {"allow": ["_INBOX.publisher.>"], "deny": []},
 }
 
 

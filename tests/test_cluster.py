@@ -21,6 +21,7 @@ import pytest
 from gateway.server import Gateway
 from gateway.settings import GatewaySettings
 from protocol import STREAM_NAME
+from protocol.nats_auth import NatsAuth
 from scorecast.cluster import NatsCluster, ensure_scores_stream, run_cluster
 from tests.support import RawPublisher, Recorder, check_sequence
 
@@ -196,9 +197,8 @@ async def test_run_cluster_serves_the_simulation(capsys):
                 await anonymous.close()
         [publish] = [line.split() for line in printed if line.startswith("Publish:")]
         password = publish[publish.index("--nats-password") + 1]
-        publisher = await nats.connect(
-            nats_urls[0], user="publisher", password=password, allow_reconnect=False
-        )
+        auth = NatsAuth(user="publisher", password=password)
+        publisher = await nats.connect(nats_urls[0], allow_reconnect=False, **auth.options())
         try:  # the publisher's credentials work, for ingest and replay
             info = await publisher.jetstream(timeout=5).stream_info(STREAM_NAME)
             assert info.config.num_replicas == 3 and info.state.messages > 0

@@ -153,6 +153,16 @@ async def test_the_gateway_role_cannot_publish_scores_or_change_the_stream(secur
         assert (await js.stream_info("SCORES")).state.messages == 1
         assert (await js.get_last_msg("SCORES", "scores.match.1")).data
         assert len(await stored_messages(nc.jetstream())) == 1
+        # nor read the replies meant for others (a publisher's, here)
+        errors.clear()
+        await gateway.subscribe("_INBOX.>")
+        await gateway.subscribe("_INBOX.publisher.>")
+        await gateway.flush()
+        for _ in range(50):
+            if len(errors) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert sum("violation for subscription" in str(e).lower() for e in errors) == 2, errors
         # and what a publisher may not: read committed events
         with pytest.raises(nats.errors.Error):
             sub = await nc.subscribe("committed.scores.>")
@@ -180,7 +190,10 @@ def test_the_shipped_config_is_the_roles_and_valid():
 def test_nats_auth_options():
     assert NatsAuth().options() == {}
     assert NatsAuth(creds="/x.creds").options() == {"user_credentials": "/x.creds"}
-    assert NatsAuth(user="u", password="p").options() == {"user": "u", "password": "p"}
+    assert NatsAuth(user="u", password="p").options() == {
+        "user": "u", "password": "p", "inbox_prefix": "_INBOX.u"
+    }  # fmt: skip
+    assert "inbox_prefix" not in NatsAuth(user="a.b c", password="p").options()
     assert NatsAuth(token="t").options() == {"token": "t"}
     assert "p" not in repr(NatsAuth(user="u", password="p"))
     with pytest.raises(ValueError):
@@ -190,3 +203,78 @@ def test_nats_auth_options():
     ca = ssl.get_default_verify_paths().cafile
     if ca and Path(ca).exists():
         assert isinstance(NatsAuth(tls_ca=ca).options()["tls"], ssl.SSLContext)
+
+
+def _certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "scorecast test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server-key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+async def test_publisher_over_tls_with_its_ca(tmp_path):
+    ca, cert, key = _certificates(tmp_path)
+    (tmp_path / "js").mkdir()
+    server = NatsServer(
+        store_dir=str(tmp_path / "js"),
+        binary=os.environ.get("NATS_SERVER_BIN"),
+        extra_config=f'tls {{ cert_file: "{cert}", key_file: "{key}" }}\n'
+        + authorization('"gateway-secret"', '"publisher-secret"'),
+    ).start()
+    try:
+        auth = NatsAuth(user="publisher", password="publisher-secret", tls_ca=str(ca))
+        nc, publisher = await open_publisher(
+            server.url, name="t", history=10, replicas=1, auth=auth, give_up_after=10
+        )
+        try:
+            assert (await publisher.publish("match.1", "clock", {"minute": 1})).seq == 1
+        finally:
+            await nc.close()
+        with pytest.raises(NatsUnreachable):  # without the CA the server is not trusted
+            await open_publisher(
+                server.url, name="t", history=10, replicas=1, give_up_after=2,
+                auth=NatsAuth(user="publisher", password="publisher-secret"),
+            )  # fmt: skip
+    finally:
+        server.stop()

@@ -356,3 +356,25 @@ async def test_nats_lost_mid_batch_answers_what_was_stored(nats_server, nc, js):
             (1, True), (2, True), (3, False), (4, False), (5, False)
         ]  # fmt: skip
     assert_topic_log(await stored_messages(js))
+
+
+async def test_requests_beyond_the_concurrency_limit_are_503_unread(publisher, js):
+    app = make_app(publisher, max_concurrent=2, body_timeout=30)
+    async with TestClient(TestServer(app)) as client:
+        stalled = []
+        for _ in range(2):  # two requests that never finish their bodies
+            _, writer = await asyncio.open_connection(client.host, client.port)
+            writer.write(
+                b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n{"
+            )
+            await writer.drain()
+            stalled.append(writer)
+        await asyncio.sleep(0.3)
+        status, body = await post(client, [GOAL])
+        assert status == 503 and "2 requests at once" in body["errors"][0]["error"]
+        for writer in stalled:
+            writer.close()
+        await asyncio.sleep(0.3)
+        assert (await post(client, [GOAL]))[0] == 202
+    assert len(await stored_messages(js)) == 1
