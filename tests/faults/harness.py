@@ -44,6 +44,7 @@ from scorecast.natsserver import free_port
 
 RESULTS = Path(os.environ.get("SCORECAST_FAULTS_RESULTS", ".faults-results.jsonl"))
 MB = 1024 * 1024
+LOG_LEVEL = os.environ.get("SCORECAST_FAULTS_LOG", "error")  # the gateways' log level
 
 
 # --- the gateway under test -------------------------------------------------------
@@ -58,7 +59,7 @@ class GatewayProcess:
         GatewayProcess.running.append(self)
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "scorecast.cli", "--log-level", os.environ.get("SCORECAST_FAULTS_LOG", "error"), "gateway",
+            [sys.executable, "-m", "scorecast.cli", "--log-level", LOG_LEVEL, "gateway",
              "--workers", "1", "--nats", ",".join(nats_urls), "--port", str(self.port),
              *extra],
         )  # fmt: skip
@@ -203,9 +204,8 @@ class FaultClient(asyncio.Protocol):
             self.snapshots += 1
             self.positions.snapshot(frame["topic"], frame["seq"])
             self.states[frame["topic"]] = frame["state"]
-        elif kind == "subscribed" and self._subscribed is not None:
-            if not self._subscribed.done():
-                self._subscribed.set_result(None)
+        elif kind == "subscribed" and self._subscribed and not self._subscribed.done():
+            self._subscribed.set_result(None)
 
     def read_again(self) -> None:
         """Back in coverage: reads again, with an ordinary receive window."""
@@ -383,6 +383,7 @@ def mismatches(clients: list[FaultClient], heads: dict[str, dict]) -> int:
     for client in clients:
         for topic in client.topics:
             head = heads[topic]
-            if client.positions.seqs.get(topic) != head["seq"] or client.states.get(topic) != head["state"]:
+            position, state = client.positions.seqs.get(topic), client.states.get(topic)
+            if position != head["seq"] or state != head["state"]:
                 wrong += 1
     return wrong
