@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format clean system-deps
+.PHONY: run test test-faults lint format clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ test: lint
 	@bash scripts/system-deps.sh
 	node --test tests/js/
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fault-injection suite (tests/faults, ~5 minutes): real processes through
+# NATS frozen, bursts, a stalled gateway, a killed JetStream leader, churn,
+# slow clients at scale. One line of figures per scenario; non-zero on any
+# violation. Figures also land in .faults-results.jsonl (docs/RELIABILITY.md).
+test-faults: $(STAMP)
+	rm -f .faults-results.jsonl
+	SCORECAST_FAULTS=1 $(BIN)/python -m pytest tests/faults -s -q $(PYTEST_ARGS)
 
 # Node.js, Chromium, haproxy, promtool for the suite (installed as root).
 system-deps:

@@ -1,0 +1,389 @@
+"""What every fault scenario shares: a gateway process with its memory
+watched, lean raw-protocol clients, a pipelined publisher, the final check
+against the stream, and one report line per scenario.
+
+The sequence checker is :class:`loadtest.tracker.Positions` (the storm's own);
+frames are parsed with :mod:`loadtest.frames`. A client's state is its last
+snapshot merge-patched by the events after it, compared with the ``state`` of
+the stream's newest message for each topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import orjson
+
+from loadtest.frames import (
+    CLOSE,
+    PING,
+    PONG,
+    TEXT,
+    FrameReader,
+    Handshake,
+    client_frame,
+    close_payload,
+    parse_close,
+)
+from loadtest.tracker import Positions, Verdict
+from protocol import STREAM_NAME
+from protocol.envelope import encode_envelope, message_id
+from protocol.merge_patch import apply_patch
+from protocol.topics import subject_for
+from scorecast.natsserver import free_port
+
+RESULTS = Path(os.environ.get("SCORECAST_FAULTS_RESULTS", ".faults-results.jsonl"))
+MB = 1024 * 1024
+LOG_LEVEL = os.environ.get("SCORECAST_FAULTS_LOG", "error")  # the gateways' log level
+
+
+# --- the gateway under test -------------------------------------------------------
+
+
+class GatewayProcess:
+    """``scorecast gateway`` as a real process (one worker), memory sampled."""
+
+    running: list[GatewayProcess] = []  # stopped by the suite's fixture at the end
+
+    def __init__(self, nats_urls: list[str], *extra: str) -> None:
+        GatewayProcess.running.append(self)
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "scorecast.cli", "--log-level", LOG_LEVEL, "gateway",
+             "--workers", "1", "--nats", ",".join(nats_urls), "--port", str(self.port),
+             *extra],
+        )  # fmt: skip
+        self.peak = 0
+        self._sampler: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while (await self.http("/readyz"))[0] != 200:
+            assert time.monotonic() < deadline, "gateway never became ready"
+            await asyncio.sleep(0.2)
+        self._sampler = asyncio.get_running_loop().create_task(self._sample())
+
+    def rss(self) -> int:
+        try:
+            pages = int(Path(f"/proc/{self.pid}/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            return 0
+        return pages * os.sysconf("SC_PAGE_SIZE")
+
+    async def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, self.rss())
+            await asyncio.sleep(0.1)
+
+    async def http(self, path: str) -> tuple[int, str]:
+        """(status, body) of a GET; (0, reason) when it does not answer."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", self.port), 3
+            )
+        except (OSError, TimeoutError) as exc:
+            return 0, repr(exc)
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            answer = await asyncio.wait_for(reader.read(), 3)
+        except (OSError, TimeoutError) as exc:
+            return 0, repr(exc)
+        finally:
+            writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        parts = head.split()
+        return (int(parts[1]) if len(parts) > 1 else 0), body.decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        if self._sampler is not None:
+            self._sampler.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGCONT)
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# --- clients ------------------------------------------------------------------------
+
+
+class FaultClient(asyncio.Protocol):
+    """One logical client: positions and state survive its reconnects (which
+    resubscribe with ``since``). ``reading=False`` makes a stalled phone: a
+    tiny receive buffer and no reads until :meth:`read_again`."""
+
+    def __init__(self, topics: list[str], *, reading: bool = True) -> None:
+        self.topics = topics
+        self.reading = reading
+        self.positions = Positions()
+        self.states: dict[str, object] = {}
+        self.verdicts: dict[str, int] = {}
+        self.events = 0
+        self.snapshots = 0
+        self.close_code: int | None = None
+        self.transport: asyncio.Transport | None = None
+        self._handshake: Handshake | None = None
+        self._reader = FrameReader(max_size=16 * MB)
+        self._subscribed: asyncio.Future[None] | None = None
+        self.lost: asyncio.Event = asyncio.Event()
+        self.lost_by: str | None = None
+
+    async def connect(self, port: int, timeout: float = 20.0) -> None:
+        loop = asyncio.get_running_loop()
+        self._handshake = Handshake(f"127.0.0.1:{port}")
+        self._reader = FrameReader(max_size=16 * MB)
+        self._subscribed = loop.create_future()
+        self.lost.clear()
+        self.close_code = None
+        sock = socket.socket()
+        if not self.reading:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            await loop.create_connection(lambda: self, sock=sock)
+            await self._subscribed
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self._handshake.request)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        if self._handshake is not None:
+            rest = self._handshake.receive(data)
+            if rest is None:
+                return
+            self._handshake = None
+            request = {"type": "subscribe", "id": 1, "topics": self.topics}
+            since = self.positions.since(self.topics)
+            if since:
+                request["since"] = since
+            self.transport.write(client_frame(TEXT, orjson.dumps(request)))
+            data = rest
+        for opcode, payload in self._reader.feed(data):
+            if opcode == TEXT:
+                self._message(orjson.loads(payload))
+            elif opcode == PING:
+                self.transport.write(client_frame(PONG, payload))
+            elif opcode == CLOSE:
+                self.close_code = parse_close(payload)[0]
+                self.transport.write(client_frame(CLOSE, close_payload(self.close_code)))
+                self.transport.close()
+        if not self.reading and self._subscribed is not None and self._subscribed.done():
+            self.transport.pause_reading()
+
+    def _message(self, frame: dict) -> None:
+        kind = frame["type"]
+        if kind == "event":
+            self.events += 1
+            topic = frame["topic"]
+            verdict = self.positions.event(topic, frame["seq"])
+            if verdict is not Verdict.OK:
+                self.verdicts[verdict.value] = self.verdicts.get(verdict.value, 0) + 1
+            self.states[topic] = apply_patch(self.states.get(topic), frame["data"])
+        elif kind == "snapshot":
+            self.snapshots += 1
+            self.positions.snapshot(frame["topic"], frame["seq"])
+            self.states[frame["topic"]] = frame["state"]
+        elif kind == "subscribed" and self._subscribed and not self._subscribed.done():
+            self._subscribed.set_result(None)
+
+    def read_again(self) -> None:
+        """Back in coverage: reads again, with an ordinary receive window."""
+        self.reading = True
+        if self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(client_frame(CLOSE, close_payload(1000)))
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.lost_by = repr(exc) if exc is not None else None
+        if self._subscribed is not None and not self._subscribed.done():
+            self._subscribed.set_exception(ConnectionError("closed before subscribed"))
+        self.lost.set()
+
+
+async def open_clients(port: int, topic_sets: list[list[str]], **kwargs) -> list[FaultClient]:
+    """Connected and subscribed clients, each holding a first snapshot of
+    every topic (unless it does not read)."""
+    clients = [FaultClient(topics, **kwargs) for topics in topic_sets]
+    for start in range(0, len(clients), 50):  # 50 handshakes at a time
+        await asyncio.gather(*(c.connect(port) for c in clients[start : start + 50]))
+    deadline = time.monotonic() + 30
+    while any(c.reading and len(c.positions.seqs) < len(c.topics) for c in clients):
+        assert time.monotonic() < deadline, "clients never got their first snapshots"
+        await asyncio.sleep(0.1)
+    return clients
+
+
+# --- publishing ---------------------------------------------------------------------
+
+
+class Feed:
+    """Envelopes per PROTOCOL.md section 2, pipelined (``window`` acks in
+    flight); a publish that fails is retried with the same Nats-Msg-Id, so
+    each event is stored once, in order per topic."""
+
+    def __init__(self, js, pad: int = 0) -> None:
+        self.js = js
+        self.seqs: dict[str, int] = {}
+        self.states: dict[str, dict] = {}
+        self.pad = "x" * pad
+        self.published = 0
+        self.retries = 0
+
+    def _next(self, topic: str) -> tuple[int, bytes]:
+        seq = self.seqs.get(topic, 0) + 1
+        patch = {"n": seq, "pad": self.pad} if self.pad else {"n": seq}
+        state = apply_patch(self.states.get(topic), patch)
+        self.seqs[topic], self.states[topic] = seq, state
+        return seq, encode_envelope(topic, seq, time.time(), "update", patch, state)
+
+    async def _publish(self, topic: str, seq: int, body: bytes, deadline: float) -> None:
+        headers = {"Nats-Msg-Id": message_id(topic, seq)}
+        while True:
+            try:
+                await self.js.publish(subject_for(topic), body, headers=headers, timeout=2)
+                self.published += 1
+                return
+            except Exception:
+                self.retries += 1
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def burst(self, topics: list[str], count: int, window: int = 256) -> None:
+        """``count`` events round-robin over ``topics``; one topic's events are
+        in flight one at a time when it must be retried, never reordered."""
+        deadline = time.monotonic() + 120
+        pending: list[asyncio.Task[None]] = []
+        for index in range(count):
+            topic = topics[index % len(topics)]
+            seq, body = self._next(topic)
+            pending.append(asyncio.ensure_future(self._publish(topic, seq, body, deadline)))
+            if len(pending) >= window:
+                await asyncio.gather(*pending)
+                pending = []
+        await asyncio.gather(*pending)
+
+    async def steady(self, topics: list[str], rate: float, stop: asyncio.Event) -> None:
+        """One event at a time per round, each retried until stored: survives
+        a frozen server or a leader election."""
+        deadline = time.monotonic() + 600
+        while not stop.is_set():
+            for topic in topics:
+                seq, body = self._next(topic)
+                await self._publish(topic, seq, body, deadline)
+                await asyncio.sleep(1 / rate)
+
+
+# --- the verdict --------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    scenario: str
+    clients: int = 0
+    events_published: int = 0
+    frames_checked: int = 0
+    gaps: int = 0
+    duplicates: int = 0
+    backsteps: int = 0
+    no_snapshot: int = 0
+    state_mismatches: int = 0
+    rss_before_mb: float = 0.0
+    rss_peak_mb: float = 0.0
+    rss_after_mb: float = 0.0
+    seconds: float = 0.0
+    notes: dict = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+
+    def tally(self, clients: list[FaultClient]) -> None:
+        self.clients = len(clients)
+        for client in clients:
+            self.frames_checked += client.events + client.snapshots
+            self.gaps += client.verdicts.get("gap", 0)
+            self.duplicates += client.verdicts.get("duplicate", 0)
+            self.backsteps += client.verdicts.get("backwards", 0)
+            self.no_snapshot += client.verdicts.get("no_snapshot", 0)
+
+    def memory(self, gateway: GatewayProcess, before: int) -> None:
+        self.rss_before_mb = round(before / MB, 1)
+        self.rss_peak_mb = round(max(gateway.peak, before) / MB, 1)
+        self.rss_after_mb = round(gateway.rss() / MB, 1)
+
+    def report(self) -> None:
+        for name in ("gaps", "duplicates", "backsteps", "no_snapshot", "state_mismatches"):
+            if getattr(self, name):
+                self.violations.append(f"{name}={getattr(self, name)}")
+        line = (
+            f"[fault] {self.scenario}: clients={self.clients} events={self.events_published} "
+            f"frames={self.frames_checked} gaps={self.gaps} duplicates={self.duplicates} "
+            f"backsteps={self.backsteps} no_snapshot={self.no_snapshot} "
+            f"state_mismatches={self.state_mismatches} rss_mb={self.rss_before_mb}/"
+            f"{self.rss_peak_mb}/{self.rss_after_mb} (before/peak/after) "
+            f"seconds={self.seconds:.1f} {json.dumps(self.notes)}"
+        )
+        print(line, flush=True)
+        with RESULTS.open("a") as out:
+            out.write(json.dumps(asdict(self)) + "\n")
+        assert not self.violations, f"{self.scenario}: {', '.join(self.violations)}"
+
+
+async def stream_heads(js, topics: list[str]) -> dict[str, dict]:
+    heads = {}
+    for topic in topics:
+        message = await js.get_last_msg(STREAM_NAME, subject_for(topic))
+        heads[topic] = orjson.loads(message.data)
+    return heads
+
+
+async def settle(clients: list[FaultClient], heads: dict[str, dict], timeout: float) -> None:
+    """Wait until every client that is still connected reached each head."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(
+            client.transport is None
+            or all(client.positions.seqs.get(t) == heads[t]["seq"] for t in client.topics)
+            for client in clients
+        ):
+            return
+        await asyncio.sleep(0.2)
+
+
+def mismatches(clients: list[FaultClient], heads: dict[str, dict]) -> int:
+    """Clients whose state of a topic is not the stream's (position or state)."""
+    wrong = 0
+    for client in clients:
+        for topic in client.topics:
+            head = heads[topic]
+            position, state = client.positions.seqs.get(topic), client.states.get(topic)
+            if position != head["seq"] or state != head["state"]:
+                wrong += 1
+    return wrong
