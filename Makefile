@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format clean system-deps
+.PHONY: run test test-stack lint format clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: lint
 	@bash scripts/system-deps.sh
 	node --test tests/js/
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The production stack of docker-compose.yml, built and run for real under
+# podman (as root; installs podman, mmdebstrap, ... when missing) and driven
+# from outside; torn down whatever happens. docs/DEPLOYMENT.md.
+test-stack: $(STAMP)
+	bash scripts/test-stack.sh
 
 # Node.js, Chromium, haproxy, promtool for the suite (installed as root).
 system-deps:
