@@ -6,7 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-faults lint format clean system-deps
+
+.PHONY: run test test-faults test-stack lint format clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,12 @@ test: lint
 test-faults: $(STAMP)
 	rm -f .faults-results.jsonl
 	SCORECAST_FAULTS=1 $(BIN)/python -m pytest tests/faults -s -q $(PYTEST_ARGS)
+
+# The production stack of docker-compose.yml, built and run for real under
+# podman (as root; installs podman, mmdebstrap, ... when missing) and driven
+# from outside; torn down whatever happens. docs/DEPLOYMENT.md.
+test-stack: $(STAMP)
+	bash scripts/test-stack.sh
 
 # Node.js, Chromium, haproxy, promtool for the suite (installed as root).
 system-deps:

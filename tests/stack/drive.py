@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -85,20 +84,22 @@ def merge(target: Any, patch: Any) -> Any:
     return result
 
 
+RETRIED = (TimeoutError, aiohttp.ClientError, OSError, KeyError, InvalidStatus, ConnectionClosed)
+
+
+async def apodman(*args: str, check: bool = True) -> str:
+    """podman off the event loop: a command on a container being stopped
+    waits for podman's lock, and the clients must keep reading meanwhile."""
+    return await asyncio.to_thread(podman, *args, check=check)
+
+
 async def until(what: str, check, timeout: float, interval: float = 0.5):
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         try:
             last = await check()
-        except (
-            TimeoutError,
-            aiohttp.ClientError,
-            OSError,
-            KeyError,
-            InvalidStatus,
-            ConnectionClosed,
-        ) as error:
+        except RETRIED as error:
             last = error
         else:
             if last:
@@ -239,6 +240,17 @@ def gateway_containers() -> dict[str, str]:
     return {n: podman("inspect", "-f", "{{.Config.Hostname}}", n) for n in names}
 
 
+def worker_pids(container: str) -> list[str]:
+    """The container's processes whose parent is PID 1, less the
+    multiprocessing helper (the supervisor's resource tracker)."""
+    tree = podman("top", container, "pid", "ppid", "args")
+    return sorted(
+        line.split()[0]
+        for line in tree.splitlines()[1:]
+        if line.split()[1:2] == ["1"] and "multiprocessing" in line and "spawn_main" in line
+    )
+
+
 def container_of(node: str, hosts: dict[str, str]) -> str:
     return next((name for name, host in hosts.items() if node.startswith(host + "-")), "?")
 
@@ -292,11 +304,10 @@ async def drive() -> dict[str, Any]:
         hosts = gateway_containers()
         if len(hosts) < 2:
             raise Failed(f"expected >= 2 gateway containers, found {hosts}")
-        for name in hosts:  # --workers 2, supervisor as PID 1, workers alive
-            tree = podman("top", name, "pid", "ppid", "args")
-            workers = [line for line in tree.splitlines()[1:] if re.match(r"\s*\d+\s+1\s", line)]
-            if len(workers) < 2:
-                raise Failed(f"{name}: expected 2 workers under PID 1:\n{tree}")
+        workers = {name: worker_pids(name) for name in hosts}
+        for name, pids in workers.items():  # --workers 2, supervisor as PID 1
+            if len(pids) != 2:
+                raise Failed(f"{name}: expected 2 workers under PID 1, found {pids}")
         await until(
             "both gateways UP in HAProxy",
             lambda: _count_up(http, 2),
@@ -342,12 +353,12 @@ async def drive() -> dict[str, Any]:
         leader = await until("the SCORES stream leader", lambda: stream_leader(http), 60)
         container = f"{PROJECT}-{leader}-1"
         killed_at = time.monotonic()
-        podman("kill", container)
+        await apodman("kill", container)
         say(f"killed {container}, the SCORES leader; it starts again in 5 s")
 
         async def restart_later():
             await asyncio.sleep(5)
-            if podman("inspect", "-f", "{{.State.Running}}", container) != "true":
+            if await apodman("inspect", "-f", "{{.State.Running}}", container) != "true":
                 await asyncio.to_thread(podman, "start", container)
             say(f"started {container} again")
 
@@ -373,6 +384,14 @@ async def drive() -> dict[str, Any]:
             1,
         )
 
+        # the workers under PID 1 are the same processes as at the start:
+        # none died and was restarted (the crash loop of a worker that took
+        # "my parent is PID 1" for "my parent died")
+        for name, pids in workers.items():
+            if worker_pids(name) != pids:
+                raise Failed(f"{name}: workers restarted: {pids} -> {worker_pids(name)}")
+        say(f"workers unchanged since the start: {workers}")
+
         # --- 5. one gateway loses NATS: the alert fires
         await nats_alert(http, hosts, clients)
 
@@ -380,11 +399,7 @@ async def drive() -> dict[str, Any]:
         await drain_one(http, hosts, clients, figures)
 
         # --- 7. the end: every client at the stream's final seq and state
-        stop = subprocess.run(
-            ["podman", "stop", "-t", "10", f"{PROJECT}-simulator-1"], capture_output=True
-        )
-        if stop.returncode != 0:
-            raise Failed(f"podman stop simulator: {stop.stderr!r}")
+        await apodman("stop", "-t", "10", f"{PROJECT}-simulator-1")
         await post_ingest(http, 2)
         await asyncio.sleep(2)
         truth = await final_truth()
@@ -435,7 +450,7 @@ async def _count_up(http, n: int) -> bool:
 
 
 async def _healthy(container: str) -> bool:
-    status = podman("inspect", "-f", "{{.State.Health.Status}}", container, check=False)
+    status = await apodman("inspect", "-f", "{{.State.Health.Status}}", container, check=False)
     return status == "healthy"
 
 
@@ -466,9 +481,8 @@ async def check_prometheus(http, hosts: dict[str, str]) -> None:
     try:
         await until("data for every dashboard query", every_panel_answers, 90, 3)
     except Failed:
-        raise Failed(
-            f"dashboard queries without data: {getattr(every_panel_answers, 'empty', '?')}"
-        ) from None
+        empty = getattr(every_panel_answers, "empty", "?")
+        raise Failed(f"dashboard queries without data: {empty}") from None
     say(f"Prometheus: all {len(queries)} dashboard queries return data")
 
     async def rules_evaluated():
@@ -527,23 +541,26 @@ async def drain_one(http, hosts: dict[str, str], clients: list[Client], figures:
     victim = sorted(hosts)[0]
     own = [c for c in clients if container_of(c.node, hosts) == victim]
     say(f"stopping {victim} (SIGTERM: drain) with {len(own)} clients")
-    stopper = asyncio.create_task(asyncio.to_thread(podman, "stop", "-t", "30", victim))
-    seen_down_while_running = False
+    stopper = asyncio.create_task(apodman("stop", "-t", "30", victim))
+    stop_sent = time.monotonic()
+    evidence: list[str] = []
 
     async def out_of_haproxy():
-        nonlocal seen_down_while_running
         servers = await haproxy_servers(http)
         up = [s for s in servers if s["status"].startswith("UP")]
-        running = podman("inspect", "-f", "{{.State.Running}}", victim, check=False) == "true"
-        if running and any(s["status"].startswith("DOWN") for s in servers):
-            seen_down_while_running = True
+        for server in servers:
+            # the /readyz check answered 503 while the container still ran
+            readyz_503 = server["check_status"] == "L7STS" and server["check_code"] == "503"
+            if readyz_503 and not stopper.done() and not evidence:
+                evidence.append(f"{server['svname']} DOWN on /readyz 503")
+                figures["readyz_out_s"] = round(time.monotonic() - stop_sent, 1)
         return len(up) == len(hosts) - 1
 
-    await until(f"HAProxy taking {victim} out", out_of_haproxy, 30, 0.5)
-    say(
-        f"HAProxy: {victim} out of the pool"
-        + (" (its /readyz check failed while it drained)" if seen_down_while_running else "")
-    )
+    await until(f"HAProxy taking {victim} out", out_of_haproxy, 30, 0.25)
+    out_after = round(time.monotonic() - stop_sent, 1)
+    say(f"HAProxy: {victim} out of the pool {out_after}s after SIGTERM ({evidence or 'by DNS'})")
+    if not evidence:
+        raise Failed(f"HAProxy's /readyz check did not take {victim} out while it drained")
     await until(
         f"{victim}'s clients resumed elsewhere",
         lambda: _all(own, lambda c: c.hints >= 1 and container_of(c.node, hosts) != victim),
@@ -551,11 +568,8 @@ async def drain_one(http, hosts: dict[str, str], clients: list[Client], figures:
     )
     await stopper
     hinted = sum(1 for c in own if c.hints >= 1)
-    figures.update(drained=len(own), hinted=hinted, down_while_draining=seen_down_while_running)
+    figures.update(drained=len(own), hinted=hinted)
     say(f"{hinted}/{len(own)} clients of {victim} got a reconnect hint and resumed with since")
-    if not seen_down_while_running:
-        # DNS dropped it before a check failed: acceptable, but say so
-        say("note: HAProxy dropped the server by DNS before a failed /readyz was seen")
 
 
 def main() -> int:
@@ -572,7 +586,8 @@ def main() -> int:
         f"{figures['gaps']} gaps, {figures['skipped']} skipped; "
         f"NATS leader killed: every client had a fresh event {figures['recover_s']}s after "
         f"the kill (leader then {figures['new_leader']}); "
-        f"drain: {figures['hinted']}/{figures['drained']} hinted and resumed; "
+        f"drain: {figures['hinted']}/{figures['drained']} hinted and resumed, HAProxy took "
+        f"the gateway out {figures['readyz_out_s']}s after SIGTERM on /readyz 503; "
         f"{figures['resumes']} resumes in all",
         flush=True,
     )
