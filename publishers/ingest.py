@@ -2,7 +2,8 @@
 
 ``POST /v1/events`` takes one feed item, a JSON array of them, or NDJSON
 (format in :mod:`publishers.feed` and docs/FEEDS.md), as ``application/json``
-or ``application/x-ndjson`` (a request without Content-Type is read as
+or ``application/x-ndjson`` (a request without Content-Type, or with the
+form type that ``curl -d`` and urllib send by default, is read as
 either). Everything that can be checked is checked before the first item is
 stored, in this order, and a refusal stores nothing:
 
@@ -274,8 +275,12 @@ class _Ingest:
         return _json(503, {"status": "not connected to NATS"})
 
 
+# what curl -d and urllib send when nobody chose a type: read like no type
+_UNCHOSEN_TYPES = frozenset({"application/x-www-form-urlencoded"})
+
+
 def _check_content_type(request: web.Request) -> None:
-    if "Content-Type" not in request.headers:
+    if "Content-Type" not in request.headers or request.content_type in _UNCHOSEN_TYPES:
         return  # read as JSON or NDJSON, whichever it is
     if request.content_type not in _JSON_TYPES and not request.content_type.endswith("+json"):
         raise _Refused(
