@@ -111,8 +111,11 @@ class FeedIds:
     async def open(
         cls, js: JetStreamContext, *, replicas: int = 1, ttl: float | None = None
     ) -> FeedIds:
-        """The bucket, created when missing; its TTL brought to ``ttl`` when given."""
+        """The bucket, created when missing; its TTL brought to ``ttl`` (48 h
+        by default: every publisher should run with the same)."""
         ttl = FEED_ID_TTL if ttl is None else ttl
+        if ttl < FEED_ID_TTL:
+            log.warning("feed ids remembered for %g s only, under the contract's 48 h", ttl)
         try:
             try:
                 kv = await js.key_value(BUCKET)

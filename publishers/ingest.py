@@ -168,7 +168,8 @@ class _Ingest:
         try:
             grant = self._authorize(request)
         except _Refused as refused:
-            return _errors(refused.status, refused.problems, close=True)
+            challenge = {"WWW-Authenticate": 'Bearer realm="scorecast-ingest"'}
+            return _errors(refused.status, refused.problems, headers=challenge, close=True)
         if self._in_flight >= self._max_concurrent:
             busy = [(None, f"more than {self._max_concurrent} requests at once; retry")]
             return _errors(503, busy, headers={"Retry-After": "1"}, close=True)
@@ -189,7 +190,7 @@ class _Ingest:
             )
         except _Refused as refused:
             # the unread rest of a refused body is not worth reading
-            close = refused.status in (408, 413)
+            close = refused.status in (408, 413, 415)
             return _errors(refused.status, refused.problems, close=close)
         except CorruptTopic as exc:  # nothing stored: every item from 0 on is not
             log.error("ingest: %s", exc)

@@ -18,6 +18,7 @@ import asyncio
 import os
 import ssl
 import subprocess
+import sys
 from pathlib import Path
 
 import nats
@@ -278,3 +279,65 @@ async def test_publisher_over_tls_with_its_ca(tmp_path):
             )  # fmt: skip
     finally:
         server.stop()
+
+
+async def test_ingest_to_client_under_authorization_from_the_command_line(secured_nats):
+    """`scorecast ingest` (publisher credentials from the environment, feed
+    tokens required) -> JetStream -> `scorecast gateway` (gateway credentials)
+    -> a WebSocket client."""
+    import time
+    import urllib.request
+
+    import aiohttp
+    import jwt
+
+    secret = "feed-secret-of-at-least-thirty-two-bytes"
+    ingest_port, gateway_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "SCORECAST_NATS_USER": "publisher",
+        "SCORECAST_NATS_PASSWORD": "publisher-secret",
+        "SCORECAST_JWT_SECRET": secret,
+    }
+    ingest = subprocess.Popen(
+        [sys.executable, "-m", "scorecast.cli", "--log-level", "warning", "ingest",
+         "--nats", secured_nats.url, "--port", str(ingest_port)],
+        env=env,
+    )  # fmt: skip
+    gateway = client = None
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ingest_port}/readyz", timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and ingest.poll() is None, "no ingest"
+                await asyncio.sleep(0.1)
+        gateway = await asyncio.to_thread(
+            start_gateway, secured_nats.url, gateway_port, "--workers", "1",
+            "--nats-user", "gateway", "--nats-password", "gateway-secret",
+        )  # fmt: skip
+        client = await Recorder.open(f"ws://127.0.0.1:{gateway_port}/ws")
+        await client.send({"type": "subscribe", "id": 1, "topics": ["match.5"]})
+        await client.wait_for(lambda m: m["type"] == "snapshot")
+        token = jwt.encode({"exp": int(time.time()) + 60, "publish": ["match.*"]}, secret)
+        item = {"topic": "match.5", "kind": "goal", "data": {"home": 1}, "id": "g-5-1"}
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{ingest_port}/v1/events"
+            headers = {"Content-Type": "application/json"}
+            async with session.post(url, json=[item], headers=headers) as response:
+                assert response.status == 401
+            headers["Authorization"] = f"Bearer {token}"
+            async with session.post(url, json=[item], headers=headers) as response:
+                assert response.status == 202
+                assert (await response.json())["accepted"][0]["seq"] == 1
+        event = await client.wait_for(lambda m: m["type"] == "event")
+        assert (event["topic"], event["seq"], event["data"]) == ("match.5", 1, {"home": 1})
+    finally:
+        if client is not None:
+            await client.close()
+        for process in (gateway, ingest):
+            if process is not None:
+                process.terminate()
+                await asyncio.to_thread(process.wait, 10)

@@ -93,7 +93,9 @@ async def post(client, body, headers=JSON):
     ],
 )
 async def test_a_missing_or_bad_token_is_refused_with_the_reason(secured, js, headers, reason):
-    status, body = await post(secured, [GOAL], headers)
+    response = await secured.post("/v1/events", data=orjson.dumps([GOAL]), headers=headers)
+    status, body = response.status, await response.json()
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert status == 401
     assert reason in body["errors"][0]["error"]
     assert await stored_messages(js) == []
