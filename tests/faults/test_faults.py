@@ -281,3 +281,118 @@ async def test_slow_clients_at_scale(nats_server, js):
     gateway.stop()
     figures.seconds = time.monotonic() - started
     figures.report()
+
+
+async def _post(port: int, body: bytes, *, content_type: str = "application/json") -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    answer = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    return int(answer.split()[1]) if answer else 0
+
+
+async def _cut_after(port: int, head: bytes, trickle: bytes, limit: float) -> float | None:
+    """Send ``head``, then ``trickle`` one byte per second; seconds until the
+    server answered or hung up, None when it still listened after ``limit``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.monotonic()
+    writer.write(head)
+    try:
+        for byte in trickle:
+            if time.monotonic() - started > limit:
+                return None
+            writer.write(bytes([byte]))
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                if await asyncio.wait_for(reader.read(1), 1.0) or reader.at_eof():
+                    return round(time.monotonic() - started, 1)
+        return None
+    except ConnectionError:
+        return round(time.monotonic() - started, 1)
+    finally:
+        writer.close()
+
+
+async def test_hostile_ingest_bodies(nats_server, js):
+    """PROTOCOL.md section 8: bounded whatever the body; a clear 4xx, never a
+    5xx, never a connection held by a trickling client."""
+    import subprocess
+    import sys
+
+    from scorecast.natsserver import free_port
+
+    started = time.monotonic()
+    figures = Figures("hostile_ingest_bodies")
+    port = free_port()
+    ingest = subprocess.Popen(
+        [sys.executable, "-m", "scorecast.cli", "--log-level", "error", "ingest",
+         "--nats", nats_server.url, "--port", str(port)],
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                status = await _post(port, b'{"topic": "match.h", "kind": "k", "data": {"n": 1}}')
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "ingest never listened"
+                await asyncio.sleep(0.2)
+        answers = {"valid": status}
+        rss_before = rss_of(ingest.pid)
+        deep = {"n": 1}
+        for _ in range(300):
+            deep = {"d": deep}
+        item = {"topic": "match.h", "kind": "k", "data": deep}
+        answers["nested_300"] = await _post(port, json_bytes(item))
+        answers["int_2e70"] = await _post(
+            port, b'{"topic": "match.h", "kind": "k", "data": {"n": 1180591620717411303424}}'
+        )
+        answers["text_plain"] = await _post(
+            port, b'{"topic": "match.h", "kind": "k", "data": {"n": 2}}', content_type="text/plain"
+        )
+        head = (
+            b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n"
+        )
+        slow_body = await _cut_after(port, head, b"[" + b" " * 200, limit=25)
+        slow_head = await _cut_after(port, b"POST /v1/events HTTP/1.1\r\n", b"X" * 200, limit=25)
+        answers["after"] = await _post(port, b'{"topic": "match.h", "kind": "k", "data": {"n": 3}}')
+        figures.notes = {"statuses": answers, "slow_body_cut_after_s": slow_body,
+                         "slow_head_cut_after_s": slow_head}  # fmt: skip
+        for name, status in answers.items():
+            expected_ok = name in ("valid", "after")
+            if expected_ok and status != 202:
+                figures.violations.append(f"{name}: {status}")
+            if not expected_ok and not 400 <= status < 500:
+                figures.violations.append(f"{name}: {status} (wanted a 4xx)")
+        if slow_body is None:
+            figures.violations.append("a 1 byte/s body was never cut")
+        if slow_head is None:
+            figures.violations.append("1 byte/s headers were never cut")
+        figures.events_published = 2
+        figures.rss_before_mb = round(rss_before / MB, 1)
+        figures.rss_after_mb = figures.rss_peak_mb = round(rss_of(ingest.pid) / MB, 1)
+    finally:
+        ingest.send_signal(signal.SIGINT)
+        ingest.wait(15)
+    figures.seconds = time.monotonic() - started
+    figures.report()
+
+
+def json_bytes(value) -> bytes:
+    import json
+
+    return json.dumps(value).encode()
+
+
+def rss_of(pid: int) -> int:
+    from pathlib import Path
+
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
