@@ -212,6 +212,10 @@ async def prom(http: aiohttp.ClientSession, path: str, **params) -> Any:
     return body["data"]
 
 
+async def _quiet(error: Exception) -> None:
+    pass  # a node of the cluster being down is what this drive does
+
+
 def nats_options() -> dict[str, Any]:
     if os.environ.get("SCORECAST_NATS_USER"):
         return {
@@ -224,7 +228,11 @@ def nats_options() -> dict[str, Any]:
 async def stream_leader(http: aiohttp.ClientSession) -> str:
     """SCORES' leader as JetStream's API reports it (any node answers)."""
     nc = await nats.connect(
-        servers=NATS_URLS, connect_timeout=3, max_reconnect_attempts=1, **nats_options()
+        servers=NATS_URLS,
+        connect_timeout=3,
+        max_reconnect_attempts=1,
+        error_cb=_quiet,
+        **nats_options(),
     )
     try:
         info = await nc.jetstream(timeout=5).stream_info("SCORES")
@@ -267,7 +275,7 @@ def container_of(node: str, hosts: dict[str, str]) -> str:
 
 
 async def final_truth() -> dict[str, tuple[int, Any]]:
-    nc = await nats.connect(servers=NATS_URLS, connect_timeout=5, **nats_options())
+    nc = await nats.connect(servers=NATS_URLS, connect_timeout=5, error_cb=_quiet, **nats_options())
     try:
         js = nc.jetstream(timeout=5)
         truth = {}
@@ -557,7 +565,7 @@ async def drain_one(http, hosts: dict[str, str], clients: list[Client], figures:
         up = [s for s in servers if s["status"].startswith("UP")]
         for server in servers:
             shown = f"{server['status']} {server['check_status']} {server['check_code']}"
-            if server["addr"] and seen.get(server["svname"]) != shown:
+            if not server["status"].startswith("MAINT") and seen.get(server["svname"]) != shown:
                 seen[server["svname"]] = shown
                 say(f"  HAProxy {server['svname']} ({server['addr']}): {shown}")
             # the /readyz check answered 503 while the container still ran
@@ -583,6 +591,9 @@ async def drain_one(http, hosts: dict[str, str], clients: list[Client], figures:
         60,
     )
     await stopper
+    for line in (await apodman("logs", victim)).splitlines():
+        if '"drain' in line:
+            say(f"  {victim}: {line[:160]}")
     hinted = sum(1 for c in own if c.hints >= 1)
     figures.update(drained=len(own), hinted=hinted)
     say(f"{hinted}/{len(own)} clients of {victim} got a reconnect hint and resumed with since")
