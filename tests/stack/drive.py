@@ -582,7 +582,7 @@ async def drain_one(http, hosts: dict[str, str], clients: list[Client], figures:
         log = await apodman("logs", f"{PROJECT}-lb-1")
         if re.search(r"is DOWN, reason: Layer7 wrong status, code: 503", log):
             evidence.append("HAProxy's log: DOWN, Layer7 wrong status, code 503")
-            figures["readyz_out_s"] = out_after
+            figures["readyz_out_s"] = f"<= {out_after}"
     if not evidence:
         raise Failed(f"HAProxy's /readyz check did not take {victim} out while it drained")
     await until(
