@@ -76,7 +76,7 @@ teardown() {
     "${COMPOSE[@]}" ps -a >&2
     for name in $(podman ps -a --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}'); do
       echo "--- last log lines of $name" >&2
-      podman logs --tail 15 "$name" >&2 2>&1
+      podman logs --tail 300 "$name" 2>&1 | grep -v 'GET /metrics' | tail -15 >&2
     done
   fi
   [ -S "$RUN/podman.sock" ] && timeout 120 "${COMPOSE[@]}" --profile grafana down -v --remove-orphans -t 5 >/dev/null 2>&1

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -45,7 +46,6 @@ LB = "ws://127.0.0.1:18080/ws"
 STATS = "http://127.0.0.1:18404"
 INGEST = "http://127.0.0.1:18090/v1/events"
 PROMETHEUS = "http://127.0.0.1:19090"
-NATS_MONITOR = {"nats1": 18222, "nats2": 18223, "nats3": 18224}
 NATS_URLS = ["nats://127.0.0.1:14222", "nats://127.0.0.1:14223", "nats://127.0.0.1:14224"]
 MATCHES = [f"match.{n}" for n in range(1000, 1020)]  # simulator: --matches 20
 INGEST_TOPIC = "match.stack-ingest"
@@ -84,7 +84,10 @@ def merge(target: Any, patch: Any) -> Any:
     return result
 
 
-RETRIED = (TimeoutError, aiohttp.ClientError, OSError, KeyError, InvalidStatus, ConnectionClosed)
+RETRIED = (
+    TimeoutError, aiohttp.ClientError, OSError, KeyError, InvalidStatus, ConnectionClosed,
+    nats.errors.Error,
+)  # fmt: skip
 
 
 async def apodman(*args: str, check: bool = True) -> str:
@@ -209,17 +212,33 @@ async def prom(http: aiohttp.ClientSession, path: str, **params) -> Any:
     return body["data"]
 
 
+async def _quiet(error: Exception) -> None:
+    pass  # a node of the cluster being down is what this drive does
+
+
+def nats_options() -> dict[str, Any]:
+    if os.environ.get("SCORECAST_NATS_USER"):
+        return {
+            "user": os.environ["SCORECAST_NATS_USER"],
+            "password": os.environ.get("SCORECAST_NATS_PASSWORD", ""),
+        }
+    return {}
+
+
 async def stream_leader(http: aiohttp.ClientSession) -> str:
-    for port in NATS_MONITOR.values():
-        try:
-            jsz = await get_json(http, f"http://127.0.0.1:{port}/jsz", streams="true")
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            continue
-        for account in jsz.get("account_details", []):
-            for stream in account.get("stream_detail", []):
-                if stream["name"] == "SCORES" and stream.get("cluster", {}).get("leader"):
-                    return stream["cluster"]["leader"]
-    return ""
+    """SCORES' leader as JetStream's API reports it (any node answers)."""
+    nc = await nats.connect(
+        servers=NATS_URLS,
+        connect_timeout=3,
+        max_reconnect_attempts=1,
+        error_cb=_quiet,
+        **nats_options(),
+    )
+    try:
+        info = await nc.jetstream(timeout=5).stream_info("SCORES")
+        return (info.cluster.leader or "") if info.cluster else ""
+    finally:
+        await nc.close()
 
 
 async def haproxy_servers(http: aiohttp.ClientSession) -> list[dict[str, str]]:
@@ -256,13 +275,7 @@ def container_of(node: str, hosts: dict[str, str]) -> str:
 
 
 async def final_truth() -> dict[str, tuple[int, Any]]:
-    options: dict[str, Any] = {}
-    if os.environ.get("SCORECAST_NATS_USER"):
-        options = {
-            "user": os.environ["SCORECAST_NATS_USER"],
-            "password": os.environ.get("SCORECAST_NATS_PASSWORD", ""),
-        }
-    nc = await nats.connect(servers=NATS_URLS, connect_timeout=5, **options)
+    nc = await nats.connect(servers=NATS_URLS, connect_timeout=5, error_cb=_quiet, **nats_options())
     try:
         js = nc.jetstream(timeout=5)
         truth = {}
@@ -545,12 +558,18 @@ async def drain_one(http, hosts: dict[str, str], clients: list[Client], figures:
     stop_sent = time.monotonic()
     evidence: list[str] = []
 
+    seen: dict[str, str] = {}
+
     async def out_of_haproxy():
         servers = await haproxy_servers(http)
         up = [s for s in servers if s["status"].startswith("UP")]
         for server in servers:
+            shown = f"{server['status']} {server['check_status']} {server['check_code']}"
+            if not server["status"].startswith("MAINT") and seen.get(server["svname"]) != shown:
+                seen[server["svname"]] = shown
+                say(f"  HAProxy {server['svname']} ({server['addr']}): {shown}")
             # the /readyz check answered 503 while the container still ran
-            readyz_503 = server["check_status"] == "L7STS" and server["check_code"] == "503"
+            readyz_503 = "L7STS" in server["check_status"] and server["check_code"] == "503"
             if readyz_503 and not stopper.done() and not evidence:
                 evidence.append(f"{server['svname']} DOWN on /readyz 503")
                 figures["readyz_out_s"] = round(time.monotonic() - stop_sent, 1)
@@ -559,6 +578,11 @@ async def drain_one(http, hosts: dict[str, str], clients: list[Client], figures:
     await until(f"HAProxy taking {victim} out", out_of_haproxy, 30, 0.25)
     out_after = round(time.monotonic() - stop_sent, 1)
     say(f"HAProxy: {victim} out of the pool {out_after}s after SIGTERM ({evidence or 'by DNS'})")
+    if not evidence:  # the log says so too, when a poll came too late
+        log = await apodman("logs", f"{PROJECT}-lb-1")
+        if re.search(r"is DOWN, reason: Layer7 wrong status, code: 503", log):
+            evidence.append("HAProxy's log: DOWN, Layer7 wrong status, code 503")
+            figures["readyz_out_s"] = f"<= {out_after}"
     if not evidence:
         raise Failed(f"HAProxy's /readyz check did not take {victim} out while it drained")
     await until(
@@ -567,6 +591,9 @@ async def drain_one(http, hosts: dict[str, str], clients: list[Client], figures:
         60,
     )
     await stopper
+    for line in (await apodman("logs", victim)).splitlines():
+        if '"drain' in line:
+            say(f"  {victim}: {line[:160]}")
     hinted = sum(1 for c in own if c.hints >= 1)
     figures.update(drained=len(own), hinted=hinted)
     say(f"{hinted}/{len(own)} clients of {victim} got a reconnect hint and resumed with since")
