@@ -32,6 +32,7 @@ from gateway.broker import MessageHandler
 from protocol import COMMITTED_PREFIX, STREAM_NAME, SUBJECT_PREFIX
 from protocol.envelope import Envelope, InvalidEnvelope, decode_envelope
 from protocol.topics import subject_for
+from scorecast.outage import OutageLog
 
 __all__ = ["NatsBroker"]
 
@@ -63,6 +64,8 @@ class NatsBroker:
         self.reconnects = 0
         self.live_prefix = COMMITTED_PREFIX
         self._watcher: asyncio.Task[None] | None = None
+        # edges: a lost NATS is logged once, then a summary every 30 s
+        self.outage = OutageLog(log, name, servers)
 
     @property
     def connected(self) -> bool:
@@ -194,6 +197,7 @@ class NatsBroker:
 
     async def _reconnected(self) -> None:
         self.reconnects += 1
+        self.outage.recovered()
         log.warning("nats reconnected to %s", self.nc.connected_url.netloc)
         if self.on_resync is not None:
             await _maybe_await(self.on_resync(None))
@@ -202,6 +206,9 @@ class NatsBroker:
         if isinstance(error, SlowConsumerError) and self.on_resync is not None:
             log.warning("nats slow consumer on %s: re-syncing", error.subject)
             await _maybe_await(self.on_resync(error.subject.removeprefix(self.live_prefix)))
+            return
+        if isinstance(error, OSError | TimeoutError):  # edges: reconnect attempts
+            self.outage.failed(error)
             return
         log.warning("nats error: %r", error)
 

@@ -503,3 +503,28 @@ def test_a_second_sigterm_during_a_drain_stops_the_gateway_at_once(commands, nat
     status, took = command.stop(signal.SIGTERM)
     client.close()
     assert status == 0 and took < STOP_WITHIN + SLACK
+
+
+def test_nats_lost_after_start_is_logged_once_then_its_return(commands, tmp_path):
+    from scorecast.natsserver import NatsServer
+
+    (tmp_path / "js").mkdir()
+    nats = NatsServer(store_dir=str(tmp_path / "js")).start()
+    try:
+        port = free_port()
+        command = commands(
+            "--log-format", "text", "gateway", "--workers", "1", "--port", str(port),
+            "--nats", nats.url,
+        )  # fmt: skip
+        wait_until(lambda: http_status(f"http://127.0.0.1:{port}/readyz")[0] == 200, what="ready")
+        nats.stop(kill=True)
+        command.wait_for_line("not reachable")
+        time.sleep(3.0)  # six reconnect attempts or so
+        nats.start()
+        command.wait_for_line("reachable again")
+        assert command.stop()[0] == 0
+    finally:
+        nats.stop()
+    lines = command.output()
+    assert len(unreachable_lines(lines)) == 1, lines
+    assert not [line for line in lines if "Connection refused" in line and "nats error" in line]
