@@ -48,6 +48,7 @@ from protocol import COMMITTED_PREFIX, STREAM_NAME, SUBJECT_PREFIX
 from protocol.envelope import Envelope, InvalidEnvelope, decode_envelope
 from protocol.nats_auth import ANONYMOUS, NatsAuth
 from protocol.topics import subject_for
+from scorecast.outage import OutageLog
 
 __all__ = ["NatsBroker", "PoisonedTopic"]
 
@@ -100,6 +101,8 @@ class NatsBroker:
         self.stream_identity: tuple[Any, int, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # edges: a lost NATS is logged once, then a summary every 30 s
+        self.outage = OutageLog(log, name, servers)
 
     @property
     def connected(self) -> bool:
@@ -303,6 +306,7 @@ class NatsBroker:
 
     async def _reconnected(self) -> None:
         self.reconnects += 1
+        self.outage.recovered()
         log.warning("nats reconnected to %s", self.nc.connected_url.netloc)
         if self.on_resync is not None:
             self._schedule(self.on_resync(None))
@@ -322,6 +326,9 @@ class NatsBroker:
             topic = subject.removeprefix(COMMITTED_PREFIX).removeprefix(SUBJECT_PREFIX)
             log.warning("nats slow consumer on %s: re-syncing", subject)
             self._schedule(self.on_resync(topic if topic in self.subscriptions else None))
+            return
+        if isinstance(error, OSError | TimeoutError):  # edges: reconnect attempts
+            self.outage.failed(error)
             return
         log.warning("nats error: %r", error)
 

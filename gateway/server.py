@@ -447,6 +447,9 @@ async def run_gateway(settings: GatewaySettings, stop: asyncio.Event | None = No
     finally:
         for waiter in waiters:
             waiter.cancel()
-        await gateway.stop()
+        try:
+            await gateway.stop()
+        except Exception as error:  # e.g. nats-py closing a connection NATS already cut
+            log.warning("gateway %s: stopping: %r", settings.node, error)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -100,15 +100,21 @@ async def run_dev(args: argparse.Namespace) -> None:
             loop.remove_signal_handler(signum)
 
 
-async def _listening(ingest: asyncio.Task, host: str, port: int, timeout: float = 10.0) -> None:
-    """Return once ingest accepts connections; its error if it failed first."""
+async def _listening(ingest: asyncio.Task, host: str, port: int, timeout: float = 15.0) -> None:
+    """Return once ingest answers ``/readyz`` with 200 (listening and connected
+    to NATS), so the first POST to the printed URL is stored; its error if it
+    failed first."""
     async with asyncio.timeout(timeout):
         while True:
             if ingest.done():
                 ingest.result()  # raises the bind error
-                raise RuntimeError("ingest stopped before it listened")
+                raise RuntimeError("ingest stopped before it was ready")
             with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection(host, port)
-                writer.close()
-                return
-            await asyncio.sleep(0.02)
+                reader, writer = await asyncio.open_connection(host, port)
+                try:
+                    writer.write(f"GET /readyz HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+                    if b" 200 " in await reader.readline():
+                        return
+                finally:
+                    writer.close()
+            await asyncio.sleep(0.05)

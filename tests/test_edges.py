@@ -483,3 +483,48 @@ def test_cluster_nats_servers_die_when_cluster_is_killed(commands, tmp_path):
         return True
 
     wait_until(all_gone, timeout=10, what="nats-servers gone after cluster was SIGKILLed")
+
+
+def test_a_second_sigterm_during_a_drain_stops_the_gateway_at_once(commands, nats_server):
+    port = free_port()
+    command = commands(
+        "gateway", "--workers", "1", "--port", str(port), "--nats", nats_server.url,
+        "--drain-window", "60", "--drain-deadline", "60",
+    )  # fmt: skip
+    wait_until(lambda: http_status(f"http://127.0.0.1:{port}/readyz")[0] == 200, what="ready")
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    client.sendall(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert client.recv(4096).startswith(b"HTTP/1.1 101")
+    command.process.send_signal(signal.SIGTERM)  # drains over 60 s: a client is held
+    wait_until(lambda: http_status(f"http://127.0.0.1:{port}/readyz")[0] == 503, what="drain")
+    status, took = command.stop(signal.SIGTERM)
+    client.close()
+    assert status == 0 and took < STOP_WITHIN + SLACK
+
+
+def test_nats_lost_after_start_is_logged_once_then_its_return(commands, tmp_path):
+    from scorecast.natsserver import NatsServer
+
+    (tmp_path / "js").mkdir()
+    nats = NatsServer(store_dir=str(tmp_path / "js")).start()
+    try:
+        port = free_port()
+        command = commands(
+            "--log-format", "text", "gateway", "--workers", "1", "--port", str(port),
+            "--nats", nats.url,
+        )  # fmt: skip
+        wait_until(lambda: http_status(f"http://127.0.0.1:{port}/readyz")[0] == 200, what="ready")
+        nats.stop(kill=True)
+        command.wait_for_line("not reachable")
+        time.sleep(3.0)  # six reconnect attempts or so
+        nats.start()
+        command.wait_for_line("reachable again")
+        assert command.stop()[0] == 0
+    finally:
+        nats.stop()
+    lines = command.output()
+    assert len(unreachable_lines(lines)) == 1, lines
+    assert not [line for line in lines if "Connection refused" in line and "nats error" in line]
