@@ -49,12 +49,14 @@ class NatsBroker:
         on_message: MessageHandler,
         *,
         on_resync: Callable[[str | None], Awaitable[None] | None] | None = None,
+        on_stream_reset: Callable[[], None] | None = None,
         name: str = "scorecast-gateway",
         request_timeout: float = 5.0,
     ) -> None:
         self.servers = servers
         self.on_message = on_message
         self.on_resync = on_resync
+        self.on_stream_reset = on_stream_reset
         self.name = name
         self.request_timeout = request_timeout
         self.nc: nats.NATS | None = None

@@ -88,6 +88,7 @@ class Gateway:
             list(settings.nats),
             self.node.on_message,
             on_resync=self.node.resync,
+            on_stream_reset=self.node.stream_reset,
             name=f"scorecast-gateway-{settings.node}",
         )
         self.rate = ConnectionRateLimiter(
@@ -125,9 +126,10 @@ class Gateway:
             reuse_port=self.settings.reuse_port or None,
             backlog=BACKLOG,
         )
-        self._tasks.append(loop.create_task(self._sweep()))
+        supervisor = self.node.supervisor  # restarts a loop that raises, counts it
+        self._tasks.append(supervisor.loop("gateway sweep", self._sweep))
         if self.settings.metrics_dir is not None:
-            self._tasks.append(loop.create_task(self._publish_figures()))
+            self._tasks.append(supervisor.loop("figure publishing", self._publish_figures))
         log.info("gateway %s listening on port %s", self.settings.node, self.port)
         delay = 0.25
         while True:
