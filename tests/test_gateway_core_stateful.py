@@ -260,11 +260,16 @@ class CoreMachine(RuleBasedStateMachine):
         self.after()
 
     @precondition(lambda self: self.resets < 2)
-    @rule()
-    def stream_reset(self):
+    @rule(unseen=st.integers(0, 8))
+    def stream_reset(self, unseen):
+        """The stream is recreated and ``unseen`` events are stored again
+        before the gateway hears of it (their live copies lost)."""
         self.resets += 1
         self.inflight.clear()  # the old stream's messages are gone with it
         self.broker.reset()
+        for topic in TOPICS:
+            for value in range(unseen):
+                self.broker.publish(topic, {"again": value}, deliver=False)
         self.core.stream_reset()
         self.after()
 
