@@ -408,9 +408,13 @@ class Core:
         quiet = min(self.policy.soft_limit, self.policy.hard_limit)
         written = 0
         for session in dirty:
-            data = session.outbox.take()
+            frames = session.frames  # Outbox.take(), inlined: the hot loop
+            if not frames:
+                continue
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            frames.clear()
             conn = session.conn
-            if not data or conn.closed:
+            if conn.closed:
                 continue
             conn.write(data)
             written += len(data)
