@@ -249,7 +249,7 @@ class Node:
     def on_message(self, name: str, body: bytes) -> None:
         """A live message from the broker, in the subscription's order."""
         core = self.core
-        core.message(name, body, time.monotonic())
+        core.message(name, body)
         if core.effects:
             self._run()
         elif core.dirty and not self._flush_scheduled:
