@@ -1,17 +1,19 @@
-"""The broker port: what the node needs from NATS / JetStream.
+"""The broker port: what the node needs from NATS / JetStream, and what the
+broker tells the node.
 
 :class:`gateway.broker_nats.NatsBroker` is the real implementation, tested
-against a real nats-server.
+against a real nats-server; :class:`gateway.broker_memory.MemoryBroker`
+keeps the stream in memory, for the core's tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from protocol.envelope import Envelope
 
-__all__ = ["Broker", "MessageHandler"]
+__all__ = ["Broker", "BrokerEvents", "MessageHandler"]
 
 MessageHandler = Callable[[str, bytes], None]
 
@@ -30,3 +32,17 @@ class Broker(Protocol):
 
     async def fetch(self, topic: str, first: int, last: int | None) -> list[Envelope]:
         """Stored envelopes of ``topic`` with ``first <= seq <= last``, in order."""
+
+
+class BrokerEvents(Protocol):
+    """The callbacks a broker makes, from inside its client library's own
+    loop: each only schedules work and returns at once (no awaiting)."""
+
+    def on_message(self, topic: str, body: bytes) -> None:
+        """A live message of a subscribed topic, in the subscription's order."""
+
+    def resync(self, topic: str | None) -> Awaitable[None] | None:
+        """Messages may have been missed (a reconnect: None; one topic dropped)."""
+
+    def stream_reset(self) -> None:
+        """The stream was recreated: positions held so far mean nothing."""

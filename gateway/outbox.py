@@ -38,8 +38,14 @@ class Outbox:
         return len(self.frames) == 1
 
     def take(self) -> bytes:
-        frames, self.frames = self.frames, []
-        return frames[0] if len(frames) == 1 else b"".join(frames)
+        """Everything owed, as one string; the list is emptied in place (the
+        core holds the same list)."""
+        frames = self.frames
+        if not frames:
+            return b""
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        frames.clear()
+        return data
 
 
 class Verdict(enum.Enum):

@@ -106,6 +106,7 @@ class Gateway:
             self.node.on_message,
             on_resync=self.node.resync,
             stats=self.node.stats,
+            on_stream_reset=self.node.stream_reset,
             name=f"scorecast-gateway-{settings.node}",
             auth=settings.nats_auth(),
         )
@@ -153,10 +154,11 @@ class Gateway:
             )
         except OSError as error:
             raise PortUnavailable(self.settings.host, self.settings.port, error) from None
-        self._tasks.append(loop.create_task(self._sweep()))
+        supervisor = self.node.supervisor  # restarts a loop that raises, counts it
+        self._tasks.append(supervisor.loop("gateway sweep", self._sweep))
         self.occupancy.start()
         if self.settings.metrics_dir is not None:
-            self._tasks.append(loop.create_task(self._publish_figures()))
+            self._tasks.append(supervisor.loop("figure publishing", self._publish_figures))
         log.info("gateway %s listening on port %s", self.settings.node, self.port)
         # wait (quietly, cancellably) until a server answers, then connect;
         # nats-py reconnects by itself from then on

@@ -30,9 +30,12 @@ class Gap:
 class Topic:
     __slots__ = (
         "_snapshot_frame",
+        "backfilling",
+        "generation",
         "held",
         "history",
         "holders",
+        "load_failures",
         "name",
         "ready",
         "repairing",
@@ -56,6 +59,11 @@ class Topic:
         self.repairing = False
         self.held: list[Envelope] = []
         self._snapshot_frame: bytes | None = None
+        # bumped when the topic's position is thrown away (a stream reset):
+        # answers to reads asked for before are then ignored
+        self.generation = 0
+        self.load_failures = 0
+        self.backfilling = False  # a JetStream read for replays is under way
 
     # --- position -----------------------------------------------------------
 
@@ -82,6 +90,18 @@ class Topic:
             self.held.append(envelope)
             return Gap(self.seq + 1, envelope.seq - 1)
         return self._advance(envelope)
+
+    def known(self, envelope: Envelope) -> bool:
+        """Is ``envelope`` (at or below our position) one we already have?
+        False means the stream went backwards: it was reset."""
+        if envelope.seq == self.seq and envelope.ts == self.ts:
+            return True
+        for seq, frame in reversed(self.history):
+            if seq == envelope.seq:
+                return frame == self.event_frame(envelope)
+            if seq < envelope.seq:
+                break
+        return False
 
     def event_frame(self, envelope: Envelope) -> bytes:
         event = Event(

@@ -130,3 +130,161 @@ def test_slow_client_policy():
     assert policy.judge(outbox, 150, now=4.0) is Verdict.CONFLATE
     assert policy.judge(outbox, 150, now=9.5) is Verdict.CLOSE
     assert policy.judge(Outbox(), 1001, now=0.0) is Verdict.CLOSE
+
+
+# --- the delivery core (gateway.core): one (connection, topic) phase each ---------
+
+from gateway.auth import Grant  # noqa: E402
+from gateway.core import BACKFILL_REUSE, Core, Fetch, Load, Phase  # noqa: E402
+from gateway.stats import Stats  # noqa: E402
+from protocol.messages import Subscribe  # noqa: E402
+from tests.test_gateway_core_stateful import Wire, frames_in  # noqa: E402
+
+
+def loaded_core(seq: int = 0, history: int = 10, **limits) -> tuple[Core, Wire]:
+    """A core holding ``match.1`` at ``seq`` for one connection, which read it all."""
+    core = Core(history=history, stats=Stats(), **limits)
+    holder = Wire()
+    core.subscribe(holder, Subscribe(id=1, topics=["match.1"]), 0.0)
+    (load,) = core.effects
+    core.effects.clear()
+    core.loaded(load, env(seq) if seq else None, 0.0)
+    core.flush(0.0)
+    frames_in(holder.buffer, None)
+    return core, holder
+
+
+def test_a_failed_backfill_is_neither_cached_nor_a_recovery():
+    core, _ = loaded_core(seq=20, history=4)
+    first = Wire()
+    core.subscribe(first, Subscribe(id=1, topics=["match.1"], since={"match.1": 3}), 0.0)
+    (fetch,) = core.effects
+    core.effects.clear()
+    assert isinstance(fetch, Fetch) and fetch.purpose == "backfill"
+    core.fetched(fetch, TimeoutError("JetStream timed out"), 0.1)
+    core.flush(0.1)
+    assert [m["type"] for m in frames_in(first.buffer, None)] == ["subscribed", "snapshot"]
+    assert core.stats.recoveries_jetstream == 0 and core.backfills_failed == 1
+    assert core.backfills == {}
+    # the next client resuming is given a real read, not the failure
+    second = Wire()
+    core.subscribe(second, Subscribe(id=1, topics=["match.1"], since={"match.1": 5}), 0.2)
+    (again,) = core.effects
+    core.effects.clear()
+    core.fetched(again, [env(seq) for seq in range(1, 21)], 0.3)
+    core.flush(0.3)
+    frames = frames_in(second.buffer, None)[1:]
+    assert [(m["type"], m["seq"]) for m in frames] == [("event", s) for s in range(6, 21)]
+    assert core.stats.recoveries_jetstream == 1 and "match.1" in core.backfills
+
+
+def test_the_backfill_cache_expires_in_the_sweep():
+    core, _ = loaded_core(seq=20, history=4)
+    client = Wire()
+    core.subscribe(client, Subscribe(id=1, topics=["match.1"], since={"match.1": 3}), 0.0)
+    (fetch,) = core.effects
+    core.fetched(fetch, [env(seq) for seq in range(1, 21)], 0.0)
+    assert core.backfill_bytes > 0
+    core.sweep(BACKFILL_REUSE + 1)
+    assert core.backfills == {} and core.backfill_bytes == 0
+
+
+def test_deliveries_count_only_connections_that_got_the_event():
+    core, _ = loaded_core(seq=1, soft_limit=300, hard_limit=10_000)
+    slow = Wire()
+    core.subscribe(slow, Subscribe(id=1, topics=["match.1"]), 0.0)
+    core.flush(0.0)
+    slow.buffer += b"x" * 400  # the socket stopped taking bytes
+    core.send(slow, b"x")
+    core.flush(0.0)
+    assert core.sessions[slow].pairs["match.1"].phase is Phase.CONFLATED
+    before = core.stats.deliveries
+    core.message("match.1", encode_envelope("match.1", 2, 2.0, "k", {"n": 2}, {"n": 2}), 0.1)
+    assert core.stats.deliveries - before == 1
+
+
+def test_a_narrower_grant_unsubscribes_what_it_no_longer_allows():
+    core = Core(stats=Stats())
+    conn = Wire()
+    conn.grant = Grant(exp=0, patterns=None)
+    core.subscribe(conn, Subscribe(id=1, topics=["match.1", "match.2", "cup.1"]), 0.0)
+    conn.grant = Grant(exp=0, patterns=("match.*",))
+    assert core.regrant(conn, 7) == ["cup.1"]
+    core.flush(0.0)
+    errors = [m for m in frames_in(conn.buffer, None) if m["type"] == "error"]
+    assert [(e["code"], e["id"]) for e in errors] == [("forbidden", 7)]
+    assert set(core.sessions[conn].pairs) == {"match.1", "match.2"}
+    assert "cup.1" not in core.hub.topics
+
+
+def test_a_stream_reset_gives_every_holder_a_snapshot():
+    core, holder = loaded_core(seq=9)
+    core.stream_reset()
+    (load,) = core.effects
+    core.effects.clear()
+    assert isinstance(load, Load) and load.purpose == "reset"
+    core.loaded(load, env(2, state={"fresh": True}), 0.0)
+    core.flush(0.0)
+    (snapshot,) = frames_in(holder.buffer, None)
+    assert (snapshot["type"], snapshot["seq"], snapshot["state"]) == (
+        "snapshot",
+        2,
+        {"fresh": True},
+    )
+    assert core.figures()["stream_resets"] == 1
+    core.message("match.1", encode_envelope("match.1", 3, 3.0, "k", {"n": 3}, {"n": 3}), 0.0)
+    core.flush(0.0)
+    assert [m["seq"] for m in frames_in(holder.buffer, None)] == [3]
+
+
+def test_a_live_seq_going_back_is_a_reset_not_a_duplicate():
+    core, holder = loaded_core(seq=9)
+    core.message("match.1", encode_envelope("match.1", 9, 1009.0, "tick", {"n": 9}, {"n": 9}), 0.0)
+    assert core.effects == []  # the same message again: a duplicate, dropped
+    core.message("match.1", encode_envelope("match.1", 1, 5000.0, "k", {"a": 1}, {"a": 1}), 0.0)
+    (load,) = core.effects
+    core.effects.clear()
+    assert load.purpose == "reset" and core.figures()["topic_resets"] == 1
+    core.loaded(
+        load, decode_envelope(encode_envelope("match.1", 1, 5000.0, "k", {"a": 1}, {"a": 1})), 0.0
+    )
+    core.flush(0.0)
+    assert [(m["type"], m["seq"], m["state"]) for m in frames_in(holder.buffer, None)] == [
+        ("snapshot", 1, {"a": 1})
+    ]
+
+
+def test_replays_obey_the_connection_memory_bound():
+    """One connection asking 50 topics with since 0: what it is owed stays
+    near soft_limit; the rest are snapshots, later, as it reads."""
+    soft = 16 * 1024
+    core = Core(history=300, soft_limit=soft, hard_limit=1024 * 1024, stats=Stats())
+    names = [f"match.{n}" for n in range(50)]
+    warm = Wire()
+    core.subscribe(warm, Subscribe(id=1, topics=names), 0.0)
+    for load in core.effects:
+        core.loaded(load, None, 0.0)
+    core.effects.clear()
+    for name in names:
+        for seq in range(1, 201):
+            body = encode_envelope(name, seq, float(seq), "k", {"n": seq}, {"n": seq})
+            core.message(name, body, 0.0)
+    core.flush(0.0)
+    warm.buffer.clear()
+    greedy = Wire()
+    core.subscribe(greedy, Subscribe(id=2, topics=names, since=dict.fromkeys(names, 0)), 1.0)
+    assert core.effects == []  # no JetStream read at all
+    core.flush(1.0)
+    assert len(greedy.buffer) <= soft + 1024
+    positions: dict[str, int] = {}
+    for now in range(2, 200):
+        for message in frames_in(greedy.buffer, None):
+            if message["type"] == "snapshot":
+                positions[message["topic"]] = message["seq"]
+            elif message["type"] == "event":
+                assert message["seq"] == positions[message["topic"]] + 1
+                positions[message["topic"]] = message["seq"]
+        core.sweep(now * 0.05)
+        core.flush(now * 0.05)
+        assert len(greedy.buffer) <= soft + 1024
+    assert positions == dict.fromkeys(names, 200)
