@@ -131,9 +131,18 @@ async def test_a_resync_after_a_reconnect_skips_an_invalid_head(gateway, js, nc)
     await publisher.publish("match.q", {"n": 1})
     client = await subscribed(gateway, ["match.q"], since={"match.q": 0})
     await client.wait_for(lambda m: m.get("seq") == 1)
+    stats = gateway.node.stats
+    before = stats.invalid_envelopes
     await nc.publish(subject_for("match.q"), b"not json at all")
     await nc.flush()
-    await gateway.node.resync(None)  # what a reconnect runs
+    # the bad message is seen live, then skipped by the re-sync's read
+
+    async def skipped(count: int) -> bool:
+        return stats.invalid_envelopes >= before + count
+
+    await until(lambda: skipped(1))
+    gateway.node.resync(None)  # what a reconnect runs; it schedules the reads
+    await until(lambda: skipped(2))
     await publisher.publish("match.q", {"n": 2})
     await client.wait_for(lambda m: m.get("seq") == 2)
     # the state is never wiped: no snapshot, the events in order
