@@ -5,6 +5,7 @@ only schedule work."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import jwt
@@ -135,9 +136,20 @@ async def test_a_loop_that_raises_is_restarted_and_counted(make_gateway, js):
     assert calls == 1 and gw.node.figures()["tasks_failed"] == 0
 
 
-async def test_the_supervisor_logs_failed_tasks_and_stop_awaits_them(caplog):
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+async def test_the_supervisor_logs_failed_tasks_and_stop_awaits_them():
     supervisor = Supervisor()
     cancelled = asyncio.Event()
+    lines = Lines()
+    logging.getLogger("scorecast.supervise").addHandler(lines)
 
     async def fails() -> None:
         raise ValueError("lost")
@@ -152,6 +164,7 @@ async def test_the_supervisor_logs_failed_tasks_and_stop_awaits_them(caplog):
     supervisor.spawn(fails(), "doomed")
     supervisor.spawn(lives(), "long")
     await asyncio.sleep(0.05)
-    assert supervisor.tasks_failed == 1 and "doomed" in caplog.text
+    logging.getLogger("scorecast.supervise").removeHandler(lines)
+    assert supervisor.tasks_failed == 1 and lines.lines == ["task doomed failed"]
     await supervisor.stop()
     assert cancelled.is_set() and not supervisor.tasks
