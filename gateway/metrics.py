@@ -54,7 +54,24 @@ HELP = {
     "rate_limited": "client messages refused as rate limited",
     "handshakes_refused": "handshakes refused, by reason",
     "nats_reconnects": "reconnections to NATS",
+    "stream_resets": "times the SCORES stream was found reset (recreated, restored)",
+    "latency_future": "envelopes whose ts was in the future (observed as 0)",
+    "latency_absurd": "envelopes whose ts was absurdly old or not finite (observed as 60 s)",
+    "slow_bytes_dropped": "bytes owed to slow consumers dropped when they were closed 4008",
+    "topic_resets": "topics whose position went backwards on the live feed (re-synced)",
+    "backfills_failed": "JetStream reads for recoveries that failed (never cached)",
+    "replays_refused": "replays answered with a snapshot: over the connection's memory bound",
+    "loop_restarts": "long-lived gateway loops that raised and were restarted",
+    "tasks_failed": "gateway tasks that ended with an error (logged)",
 }
+# counters the node adds to the Stats ones (the core's and the supervisor's)
+NODE_COUNTERS = (
+    "topic_resets",
+    "backfills_failed",
+    "replays_refused",
+    "loop_restarts",
+    "tasks_failed",
+)
 GAUGES = {
     "connections": "open WebSocket connections",
     "subscriptions": "topic subscriptions held by connections",
@@ -64,6 +81,7 @@ GAUGES = {
     "nats_connected_workers": "worker processes connected to NATS",
     "loop_lag_seconds": "event-loop lag, last measurement",
     "workers": "worker processes reporting",
+    "backfill_cache_bytes": "bytes of JetStream reads kept for recoveries (bounded)",
 }
 # Every reason Gateway.admit() refuses a handshake with (its Refusal.metric);
 # each is exported from the start. A reason not listed here still appears
@@ -79,7 +97,7 @@ class StatsCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         figures = self.sources()
-        for name in Stats.COUNTERS:
+        for name in (*Stats.COUNTERS, *NODE_COUNTERS):
             metric = CounterMetricFamily(PREFIX + name, HELP.get(name, name))
             metric.add_metric([], sum(f.get(name, 0) for f in figures))
             yield metric

@@ -71,10 +71,12 @@ def _add_arguments(parser) -> None:
         )
 
     flag("path", "/ws", str, "WebSocket path on --host")
-    flag("topics", 100, int, "topics, drawn with Zipf popularity")
+    # the defaults are what `make run` (scorecast dev) publishes: match.1000..1005
+    flag("topics", 6, int, "topics, drawn with Zipf popularity")
     flag("topics-per-user", 2, int, "topics each user subscribes to")
     flag("zipf", 1.0, float, "Zipf exponent of topic popularity (0: uniform)")
-    flag("topic-prefix", "match.", str, "topic names are PREFIX1..PREFIXN")
+    flag("topic-prefix", "match.", str, "topic names are PREFIX<first-id>..")
+    flag("first-id", 1000, int, "number of the first topic (the simulator's --first-id)")
     flag("ping-interval", 0.0, float, "application ping, seconds (0: the welcome's heartbeat)")
     flag("reconnect-jitter", 1.0, float, "seconds over which reconnects after a drop spread")
     flag("token", "", str, "JWT sent as ?token= (none when empty)")
@@ -117,9 +119,10 @@ class ScorecastUser(User):
         seed = getattr(options, "scorecast_seed", 0)
         self.rng = random.Random(seed * 1_000_003 + next(_ids) if seed else None)
         zipf = ZipfTopics(
-            getattr(options, "scorecast_topics", 100),
+            getattr(options, "scorecast_topics", 6),
             getattr(options, "scorecast_zipf", 1.0),
             getattr(options, "scorecast_topic_prefix", "match."),
+            getattr(options, "scorecast_first_id", 1000),
         )
         self.topics = zipf.sample(getattr(options, "scorecast_topics_per_user", 2), self.rng)
         self.positions = Positions()

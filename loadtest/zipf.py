@@ -14,9 +14,12 @@ __all__ = ["ZipfTopics"]
 
 
 class ZipfTopics:
-    """Draws distinct topics ``{prefix}{rank}`` with Zipf popularity."""
+    """Draws distinct topics with Zipf popularity: rank r is
+    ``{prefix}{first + r - 1}`` (``first`` 1000 names the simulator's matches)."""
 
-    def __init__(self, count: int, exponent: float = 1.0, prefix: str = "match.") -> None:
+    def __init__(
+        self, count: int, exponent: float = 1.0, prefix: str = "match.", first: int = 1
+    ) -> None:
         if count < 1:
             raise ValueError("the topic count must be at least 1")
         if exponent < 0:
@@ -27,7 +30,7 @@ class ZipfTopics:
         weights = [1.0 / rank**exponent for rank in range(1, count + 1)]
         self._cumulative = list(itertools.accumulate(weights))
         # one string per topic, shared by every client that draws it
-        self._names = [f"{prefix}{rank}" for rank in range(1, count + 1)]
+        self._names = [f"{prefix}{first + rank - 1}" for rank in range(1, count + 1)]
 
     def name(self, rank: int) -> str:
         return self._names[rank - 1]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages the test suite needs beyond Python: Node.js (the browser
 # client's unit tests), Debian's Chromium (the real-browser test; never a
-# browser download), haproxy and promtool (they validate deploy/). `make test`
+# browser download), haproxy and promtool (they validate deploy/), curl (the
+# README's examples are run as written). `make test`
 # runs this first; it installs only what is missing, with apt-get as root, and
 # otherwise says what to install.
 set -euo pipefail
@@ -10,6 +11,7 @@ command -v node >/dev/null || missing+=(nodejs)
 [ -x /usr/bin/chromium ] || missing+=(chromium fonts-dejavu-core)
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v curl >/dev/null || missing+=(curl)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "missing system packages: ${missing[*]}" >&2

@@ -56,7 +56,7 @@ async def test_scorecast_dev_serves_and_stops_cleanly(tmp_path):
         locust = await asyncio.create_subprocess_exec(
             LOCUST, "-f", "loadtest/locustfile.py", "--headless", "--csv", str(prefix),
             "--only-summary", "--host", ws_url.removesuffix("/ws"), "-u", "10", "-r", "10",
-            "-t", "10s", "--scorecast-topic-prefix", "match.100", "--scorecast-topics", "4",
+            "-t", "10s",  # the topic defaults are dev's matches
             "--loglevel", "WARNING",
             cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip

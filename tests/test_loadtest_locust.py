@@ -35,7 +35,7 @@ async def run_locust(gateway, nc, tmp_path, files: str, *args: str) -> dict[str,
     process = await asyncio.create_subprocess_exec(
         LOCUST, "-f", files, "--headless", "--csv", str(prefix), "--only-summary",
         "--host", f"ws://127.0.0.1:{gateway.ports[0]}", "--scorecast-topics", "8",
-        "--scorecast-seed", "7", "--loglevel", "WARNING", *args,
+        "--scorecast-first-id", "1", "--scorecast-seed", "7", "--loglevel", "WARNING", *args,
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     output, _ = await asyncio.wait_for(process.communicate(), 60)
