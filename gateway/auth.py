@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jwt
 
-from protocol.errors import Unauthorized
+from scorecast.protocol.errors import Unauthorized
 
 __all__ = ["Grant", "TokenVerifier", "topic_allowed"]
 

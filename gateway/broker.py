@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from protocol.envelope import Envelope
+from scorecast.protocol.envelope import Envelope
 
 __all__ = ["Broker", "BrokerEvents", "MessageHandler"]
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gateway.broker import MessageHandler
-from protocol.envelope import Envelope, decode_envelope, encode_envelope
-from protocol.merge_patch import apply_patch
+from scorecast.gateway.broker import MessageHandler
+from scorecast.protocol.envelope import Envelope, decode_envelope, encode_envelope
+from scorecast.protocol.merge_patch import apply_patch
 
 __all__ = ["MemoryBroker"]
 

@@ -42,13 +42,13 @@ from nats.errors import SlowConsumerError
 from nats.js.api import DeliverPolicy, StreamInfo
 from nats.js.errors import NotFoundError
 
-from gateway.broker import MessageHandler
-from gateway.stats import Stats
-from protocol import COMMITTED_PREFIX, STREAM_NAME, SUBJECT_PREFIX
-from protocol.envelope import Envelope, InvalidEnvelope, decode_envelope
-from protocol.nats_auth import ANONYMOUS, NatsAuth
-from protocol.topics import subject_for
+from scorecast.gateway.broker import MessageHandler
+from scorecast.gateway.stats import Stats
 from scorecast.outage import OutageLog
+from scorecast.protocol import COMMITTED_PREFIX, STREAM_NAME, SUBJECT_PREFIX
+from scorecast.protocol.envelope import Envelope, InvalidEnvelope, decode_envelope
+from scorecast.protocol.nats_auth import ANONYMOUS, NatsAuth
+from scorecast.protocol.topics import subject_for
 
 __all__ = ["NatsBroker", "PoisonedTopic"]
 

@@ -35,18 +35,18 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from gateway.admission import Strikes, TokenBucket
-from gateway.auth import OPEN, Grant
-from gateway.http_api import Deferred
-from gateway.outbox import Outbox
-from gateway.sse import SseRequest
-from protocol import PROTOCOL_VERSION
-from protocol.codec import decode_client, encode, text_frame
-from protocol.errors import ClientError, CloseCode, RateLimited
-from protocol.messages import Auth, Ping, Pong, Subscribe, Unsubscribe, Welcome
+from scorecast.gateway.admission import Strikes, TokenBucket
+from scorecast.gateway.auth import OPEN, Grant
+from scorecast.gateway.http_api import Deferred
+from scorecast.gateway.outbox import Outbox
+from scorecast.gateway.sse import SseRequest
+from scorecast.protocol import PROTOCOL_VERSION
+from scorecast.protocol.codec import decode_client, encode, text_frame
+from scorecast.protocol.errors import ClientError, CloseCode, RateLimited
+from scorecast.protocol.messages import Auth, Ping, Pong, Subscribe, Unsubscribe, Welcome
 
 if TYPE_CHECKING:
-    from gateway.server import Gateway
+    from scorecast.gateway.server import Gateway
 
 __all__ = ["Client"]
 

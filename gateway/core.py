@@ -47,14 +47,14 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.hub import Hub
-from gateway.outbox import Outbox, SlowClientPolicy, Verdict
-from gateway.stats import Stats
-from gateway.topic import Gap, Topic
-from protocol.codec import encode, error_payload, text_frame
-from protocol.envelope import Envelope, InvalidEnvelope, decode_envelope
-from protocol.errors import ClientError, CloseCode, Forbidden, TooManyTopics
-from protocol.messages import Subscribe, Subscribed, Unsubscribe, Unsubscribed
+from scorecast.gateway.hub import Hub
+from scorecast.gateway.outbox import Outbox, SlowClientPolicy, Verdict
+from scorecast.gateway.stats import Stats
+from scorecast.gateway.topic import Gap, Topic
+from scorecast.protocol.codec import encode, error_payload, text_frame
+from scorecast.protocol.envelope import Envelope, InvalidEnvelope, decode_envelope
+from scorecast.protocol.errors import ClientError, CloseCode, Forbidden, TooManyTopics
+from scorecast.protocol.messages import Subscribe, Subscribed, Unsubscribe, Unsubscribed
 
 __all__ = [
     "TRANSITIONS",

@@ -29,14 +29,14 @@ import msgspec
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from protocol.codec import encode
-from protocol.envelope import Envelope
-from protocol.messages import NULL, Event, Snapshot
-from protocol.topics import is_valid_topic
+from scorecast.protocol.codec import encode
+from scorecast.protocol.envelope import Envelope
+from scorecast.protocol.messages import NULL, Event, Snapshot
+from scorecast.protocol.topics import is_valid_topic
 
 if TYPE_CHECKING:
-    from gateway.connection import Client
-    from gateway.server import Gateway
+    from scorecast.gateway.connection import Client
+    from scorecast.gateway.server import Gateway
 
 __all__ = ["Deferred", "TopicsApi", "plain"]
 

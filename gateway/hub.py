@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-from gateway.topic import Topic
+from scorecast.gateway.topic import Topic
 
 __all__ = ["Hub"]
 

@@ -26,7 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from gateway.stats import LATENCY_BUCKETS, Stats
+from scorecast.gateway.stats import LATENCY_BUCKETS, Stats
 
 __all__ = ["GAUGES", "REFUSAL_REASONS", "StatsCollector", "render"]
 

@@ -20,17 +20,17 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
-from gateway.auth import TokenVerifier
-from gateway.core import BrokerSubscribe, BrokerUnsubscribe, Core, Fetch, Load, Retry
-from gateway.settings import GatewaySettings
-from gateway.stats import Stats
-from gateway.supervise import Supervisor
-from protocol.codec import encode, text_frame
-from protocol.errors import ClientError, CloseCode, Unauthorized
-from protocol.messages import Auth, Authed, Reconnect, Subscribe, Unsubscribe
+from scorecast.gateway.auth import TokenVerifier
+from scorecast.gateway.core import BrokerSubscribe, BrokerUnsubscribe, Core, Fetch, Load, Retry
+from scorecast.gateway.settings import GatewaySettings
+from scorecast.gateway.stats import Stats
+from scorecast.gateway.supervise import Supervisor
+from scorecast.protocol.codec import encode, text_frame
+from scorecast.protocol.errors import ClientError, CloseCode, Unauthorized
+from scorecast.protocol.messages import Auth, Authed, Reconnect, Subscribe, Unsubscribe
 
 if TYPE_CHECKING:
-    from gateway.broker import Broker
+    from scorecast.gateway.broker import Broker
 
 __all__ = ["Node"]
 

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway.occupancy import Fleet, Reporter, Watchers
-from protocol.codec import encode, text_frame
-from protocol.messages import Occupancy
+from scorecast.gateway.occupancy import Fleet, Reporter, Watchers
+from scorecast.protocol.codec import encode, text_frame
+from scorecast.protocol.messages import Occupancy
 
 if TYPE_CHECKING:
-    from gateway.node import Node
+    from scorecast.gateway.node import Node
 
 __all__ = ["OCCUPANCY_PREFIX", "OccupancyService", "subject_name"]
 

@@ -20,21 +20,21 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from gateway.admission import ConnectionRateLimiter, Refusal
-from gateway.broker_nats import NatsBroker
-from gateway.connection import PING_FRAME, Client
-from gateway.http_api import PREFIX as TOPICS_PREFIX
-from gateway.http_api import Deferred, TopicsApi, plain
-from gateway.metrics import render, render_transports
-from gateway.node import Node
-from gateway.occupancy_nats import OccupancyService
-from gateway.proxies import TrustedProxies
-from gateway.settings import GatewaySettings
-from gateway.sse import SseRequest, SseStream
-from gateway.sse import cache_stats as sse_cache_stats
-from gateway.workers import read_figures, write_figures
-from protocol.errors import ClientError, CloseCode, Unauthorized
+from scorecast.gateway.admission import ConnectionRateLimiter, Refusal
+from scorecast.gateway.broker_nats import NatsBroker
+from scorecast.gateway.connection import PING_FRAME, Client
+from scorecast.gateway.http_api import PREFIX as TOPICS_PREFIX
+from scorecast.gateway.http_api import Deferred, TopicsApi, plain
+from scorecast.gateway.metrics import render, render_transports
+from scorecast.gateway.node import Node
+from scorecast.gateway.occupancy_nats import OccupancyService
+from scorecast.gateway.proxies import TrustedProxies
+from scorecast.gateway.settings import GatewaySettings
+from scorecast.gateway.sse import SseRequest, SseStream
+from scorecast.gateway.sse import cache_stats as sse_cache_stats
+from scorecast.gateway.workers import read_figures, write_figures
 from scorecast.outage import OutageLog, wait_for_nats
+from scorecast.protocol.errors import ClientError, CloseCode, Unauthorized
 
 __all__ = ["Gateway", "PortUnavailable", "run_gateway"]
 

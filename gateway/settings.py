@@ -7,7 +7,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from protocol.nats_auth import NatsAuth
+from scorecast.protocol.nats_auth import NatsAuth
 
 __all__ = ["GatewaySettings"]
 

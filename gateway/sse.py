@@ -33,17 +33,17 @@ from urllib.parse import parse_qs
 import msgspec
 from websockets.http11 import Request
 
-from gateway.auth import OPEN, Grant
-from gateway.outbox import Outbox
-from protocol import PROTOCOL_VERSION
-from protocol.codec import encode, error_payload, text_frame
-from protocol.errors import BadRequest, ClientError, CloseCode, Forbidden, Unauthorized
-from protocol.messages import Subscribe, Welcome
-from protocol.topics import is_valid_topic
+from scorecast.gateway.auth import OPEN, Grant
+from scorecast.gateway.outbox import Outbox
+from scorecast.protocol import PROTOCOL_VERSION
+from scorecast.protocol.codec import encode, error_payload, text_frame
+from scorecast.protocol.errors import BadRequest, ClientError, CloseCode, Forbidden, Unauthorized
+from scorecast.protocol.messages import Subscribe, Welcome
+from scorecast.protocol.topics import is_valid_topic
 
 if TYPE_CHECKING:
-    from gateway.connection import Client
-    from gateway.server import Gateway
+    from scorecast.gateway.connection import Client
+    from scorecast.gateway.server import Gateway
 
 __all__ = ["SseRequest", "SseStream", "parse_cursor", "sse_entry"]
 

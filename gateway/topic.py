@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from protocol.codec import encode, text_frame
-from protocol.envelope import Envelope
-from protocol.messages import NULL, Event, Snapshot
+from scorecast.protocol.codec import encode, text_frame
+from scorecast.protocol.envelope import Envelope
+from scorecast.protocol.messages import NULL, Event, Snapshot
 
 __all__ = ["Gap", "Topic"]
 

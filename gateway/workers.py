@@ -44,7 +44,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway.settings import GatewaySettings
+from scorecast.gateway.settings import GatewaySettings
 from scorecast.logs import JsonFormatter, setup_logging
 from scorecast.natsserver import free_port
 
@@ -104,8 +104,8 @@ def _die_with_parent(supervisor: int) -> None:
 def _worker(settings: GatewaySettings, level: str, form: str, supervisor: int) -> None:
     _die_with_parent(supervisor)
     setup_logging(level, form)
-    from gateway.server import PortUnavailable, run_gateway
-    from scorecast.cli import run_loop
+    from scorecast.gateway.server import PortUnavailable, run_gateway
+    from scorecast.runtime import run_loop
 
     try:
         run_loop(run_gateway(settings))

@@ -25,7 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from loadtest.bench_config import (
+from scorecast.flags import csv, env_flag
+from scorecast.loadtest.bench_config import (
     MAX_GENERATORS,
     PER_PROCESS,
     SCENARIOS,
@@ -33,7 +34,6 @@ from loadtest.bench_config import (
     BenchConfig,
     fleet_size,
 )
-from scorecast.flags import csv, env_flag
 
 __all__ = ["BenchError", "add_arguments", "config_from_args", "main", "run_bench", "run_from_args"]
 
@@ -159,7 +159,7 @@ def validate(config: BenchConfig) -> None:
 async def run_bench(config: BenchConfig, *, progress: Callable[[str], None] | None = None):
     """Run ``config``; the result as a JSON-ready dict (see :mod:`loadtest.bench_run`)."""
     validate(config)
-    from loadtest.bench_run import run  # heavy imports only when a run happens
+    from scorecast.loadtest.bench_run import run  # heavy imports only when a run happens
 
     return await run(config, progress=progress or (lambda line: None))
 
@@ -173,7 +173,7 @@ def run_from_args(args: argparse.Namespace, command: str | None = None) -> int:
     import orjson
     import uvloop
 
-    from loadtest.bench_report import render_markdown
+    from scorecast.loadtest.bench_report import render_markdown
 
     try:
         config = config_from_args(args)
@@ -184,7 +184,7 @@ def run_from_args(args: argparse.Namespace, command: str | None = None) -> int:
     report["command"] = command or shlex.join(["scorecast", *sys.argv[1:]])
     markdown = render_markdown(report)
     if getattr(args, "sse_connections", 0) > 0:
-        from loadtest import bench_sse
+        from scorecast.loadtest import bench_sse
 
         print("SSE beside WebSockets, and snapshot coalescing (loadtest.bench_sse)", flush=True)
         report["transports"] = uvloop.run(

@@ -37,8 +37,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from loadtest.frames import CLOSE, PING, TEXT, Handshake, client_frame
-from loadtest.histogram import LatencyHistogram
+from scorecast.loadtest.frames import CLOSE, PING, TEXT, Handshake, client_frame
+from scorecast.loadtest.histogram import LatencyHistogram
 
 __all__ = ["MODES", "BenchConnection", "Command", "Tally", "generator_main"]
 

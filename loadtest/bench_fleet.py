@@ -15,8 +15,8 @@ import contextlib
 import multiprocessing
 from typing import Any, TypeVar
 
-from loadtest.bench_clients import Command, generator_main
-from loadtest.bench_proc import CpuTimes, ProcessTree
+from scorecast.loadtest.bench_clients import Command, generator_main
+from scorecast.loadtest.bench_proc import CpuTimes, ProcessTree
 
 __all__ = ["Fleet"]
 

@@ -19,7 +19,7 @@ stored, so both get the same messages with the same headers at the same
 moments (when JetStream stalls and then releases several events at once,
 both see the bunch), and receiving costs both the same per event.
 
-Run: ``python -m loadtest.bench_floor --nats URL --port P``; prints
+Run: ``python -m scorecast.loadtest.bench_floor --nats URL --port P``; prints
 ``ready`` once it listens and is subscribed.
 """
 
@@ -34,8 +34,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import nats
 
-from protocol import COMMITTED_PREFIX
-from protocol.codec import text_frame
+from scorecast.protocol import COMMITTED_PREFIX
+from scorecast.protocol.codec import text_frame
 
 __all__ = ["FloorConnection", "main", "serve_floor"]
 

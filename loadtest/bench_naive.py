@@ -6,7 +6,7 @@ topics on with ``websockets.broadcast()``: the envelope's bytes as they
 are, no snapshot, no ordering checks, no slow-client policy. It is the
 baseline that shows what scorecast's own fan-out buys.
 
-Run: ``python -m loadtest.bench_naive --nats URL --port P``; prints
+Run: ``python -m scorecast.loadtest.bench_naive --nats URL --port P``; prints
 ``ready`` once it listens and is subscribed.
 """
 

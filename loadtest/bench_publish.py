@@ -14,8 +14,8 @@ import asyncio
 import time
 from collections import Counter
 
-from protocol.envelope import encode_envelope, message_id
-from protocol.topics import subject_for
+from scorecast.protocol.envelope import encode_envelope, message_id
+from scorecast.protocol.topics import subject_for
 
 __all__ = ["BenchPublisher"]
 

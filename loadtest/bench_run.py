@@ -17,14 +17,14 @@ from pathlib import Path
 
 import nats
 
-from loadtest.bench_config import BenchConfig, fleet_size
-from loadtest.bench_fleet import Fleet
-from loadtest.bench_proc import machine
-from loadtest.bench_publish import BenchPublisher
-from loadtest.bench_report import check_targets
-from loadtest.bench_scenarios import RUNNERS, BenchContext
-from loadtest.bench_servers import SERVERS, Backbone
-from publishers.stream import ensure_stream
+from scorecast.loadtest.bench_config import BenchConfig, fleet_size
+from scorecast.loadtest.bench_fleet import Fleet
+from scorecast.loadtest.bench_proc import machine
+from scorecast.loadtest.bench_publish import BenchPublisher
+from scorecast.loadtest.bench_report import check_targets
+from scorecast.loadtest.bench_scenarios import RUNNERS, BenchContext
+from scorecast.loadtest.bench_servers import SERVERS, Backbone
+from scorecast.publishers.stream import ensure_stream
 
 __all__ = ["fleet_size", "run"]
 

@@ -27,14 +27,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.bench_clients import Command
-from loadtest.bench_config import BenchConfig
-from loadtest.bench_fleet import Fleet
-from loadtest.bench_proc import CpuTimes, ProcessTree
-from loadtest.bench_publish import BenchPublisher
-from loadtest.bench_servers import Backbone
-from loadtest.histogram import LatencyHistogram
-from loadtest.zipf import ZipfTopics
+from scorecast.loadtest.bench_clients import Command
+from scorecast.loadtest.bench_config import BenchConfig
+from scorecast.loadtest.bench_fleet import Fleet
+from scorecast.loadtest.bench_proc import CpuTimes, ProcessTree
+from scorecast.loadtest.bench_publish import BenchPublisher
+from scorecast.loadtest.bench_servers import Backbone
+from scorecast.loadtest.histogram import LatencyHistogram
+from scorecast.loadtest.zipf import ZipfTopics
 
 __all__ = ["RUNNERS", "BenchContext"]
 

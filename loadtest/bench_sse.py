@@ -1,6 +1,6 @@
 """SSE beside WebSockets, and request coalescing, on one gateway process::
 
-    python -m loadtest.bench_sse [--connections 2000] [--events 100] [--cold 500]
+    python -m scorecast.loadtest.bench_sse [--connections 2000] [--events 100] [--cold 500]
     scorecast bench ... --sse-connections 2000     # the same, after the other scenarios
 
 One run starts a nats-server (JetStream, the SCORES stream) and one
@@ -38,11 +38,11 @@ import aiohttp
 import nats
 import orjson
 
-from loadtest.bench_proc import ProcessTree
-from protocol.envelope import encode_envelope, message_id
-from protocol.topics import subject_for
-from publishers.stream import ensure_stream
+from scorecast.loadtest.bench_proc import ProcessTree
 from scorecast.natsserver import NatsServer, free_port
+from scorecast.protocol.envelope import encode_envelope, message_id
+from scorecast.protocol.topics import subject_for
+from scorecast.publishers.stream import ensure_stream
 
 HOT = "bench.hot"
 WS_MARK = b'"type":"event"'
@@ -270,7 +270,9 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_sse", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m scorecast.loadtest.bench_sse", description=__doc__
+    )
     parser.add_argument("--connections", type=int, default=2000, help="clients per transport")
     parser.add_argument("--events", type=int, default=100, help="events published per transport")
     parser.add_argument("--pad", type=int, default=100, help="bytes of padding in each state")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from loadtest.frames import (
+from scorecast.loadtest.frames import (
     CLOSE,
     PING,
     PONG,
@@ -32,8 +32,8 @@ from loadtest.frames import (
     close_payload,
     parse_close,
 )
-from loadtest.tally import Tally
-from loadtest.tracker import Positions, Verdict
+from scorecast.loadtest.tally import Tally
+from scorecast.loadtest.tracker import Positions, Verdict
 
 __all__ = ["IP_BIND_ADDRESS_NO_PORT", "StormClient", "Target"]
 

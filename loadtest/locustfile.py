@@ -50,8 +50,8 @@ from locust.runners import MasterRunner
 # ``loadtest`` package importable without installing the project
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtest.tracker import Positions, Verdict
-from loadtest.zipf import ZipfTopics
+from scorecast.loadtest.tracker import Positions, Verdict
+from scorecast.loadtest.zipf import ZipfTopics
 
 __all__ = ["RECONNECT_MESSAGE", "ScorecastUser"]
 

@@ -20,10 +20,10 @@ from collections.abc import Callable
 import orjson
 from nats.js.errors import NotFoundError
 
-from protocol import STREAM_NAME
-from protocol.envelope import encode_envelope, message_id
-from protocol.topics import subject_for
-from publishers.stream import ensure_stream
+from scorecast.protocol import STREAM_NAME
+from scorecast.protocol.envelope import encode_envelope, message_id
+from scorecast.protocol.topics import subject_for
+from scorecast.publishers.stream import ensure_stream
 
 __all__ = ["FixedRatePublisher"]
 

@@ -9,8 +9,8 @@ publisher's counts and, when it can reach them, the gateways' own counters.
 
 from __future__ import annotations
 
-from loadtest.histogram import LatencyHistogram
-from loadtest.tally import COUNTERS, ERROR_COUNTERS, HISTOGRAMS
+from scorecast.loadtest.histogram import LatencyHistogram
+from scorecast.loadtest.tally import COUNTERS, ERROR_COUNTERS, HISTOGRAMS
 
 __all__ = ["GATEWAY_COUNTERS", "RESULT_VERSION", "StormResults"]
 

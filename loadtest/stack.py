@@ -31,7 +31,7 @@ def _ready(port: int) -> bool:
 
 def metrics_of(port: int) -> dict[str, float]:
     """The gateway's ``/metrics`` as ``{sample name: value}`` (blocking)."""
-    from loadtest.scrape import parse_metrics
+    from scorecast.loadtest.scrape import parse_metrics
 
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")

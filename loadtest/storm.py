@@ -35,10 +35,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from loadtest.procstat import Machine, ProcessGroup
-from loadtest.results import StormResults
-from loadtest.scrape import scrape
-from loadtest.storm_settings import (
+from scorecast.loadtest.procstat import Machine, ProcessGroup
+from scorecast.loadtest.results import StormResults
+from scorecast.loadtest.scrape import scrape
+from scorecast.loadtest.storm_settings import (
     StormError,
     StormSettings,
     add_arguments,
@@ -46,8 +46,8 @@ from loadtest.storm_settings import (
     check_settings,
     settings_from_args,
 )
-from loadtest.storm_worker import StormPlan, worker_process
-from loadtest.zipf import ZipfTopics
+from scorecast.loadtest.storm_worker import StormPlan, worker_process
+from scorecast.loadtest.zipf import ZipfTopics
 
 __all__ = ["StormSettings", "add_arguments", "main", "run_storm"]
 
@@ -142,7 +142,7 @@ class _Run:
     async def _publish(self, loop: asyncio.AbstractEventLoop) -> None:
         import nats
 
-        from loadtest.publisher import FixedRatePublisher
+        from scorecast.loadtest.publisher import FixedRatePublisher
 
         nc = await nats.connect(
             self.settings.nats, name="scorecast-storm", max_reconnect_attempts=5

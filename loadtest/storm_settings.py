@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from loadtest.client import Target
-from loadtest.storm_worker import StormPlan
 from scorecast.flags import csv, env_flag
+from scorecast.loadtest.client import Target
+from scorecast.loadtest.storm_worker import StormPlan
 
 __all__ = [
     "StormError",

@@ -48,7 +48,7 @@ for _ in $(seq 300); do
 done
 [ "$ready" -ge $((workers * 8)) ] || { echo "gateway not ready" >&2; exit 1; }
 
-PYTHONPATH=. $python -m loadtest.storm --url "ws://127.0.0.1:$port/ws" \
+PYTHONPATH=. $python -m scorecast.loadtest.storm --url "ws://127.0.0.1:$port/ws" \
     --nats "nats://127.0.0.1:$nats_port" --watch-pids "$gateway_pid,$nats_pid" \
     --output "$out/result.json" "$@" 2>&1 | tee "$out/storm.log"
-PYTHONPATH=. $python -m loadtest.report "$out/result.json" --png --output "$out/index.html"
+PYTHONPATH=. $python -m scorecast.loadtest.report "$out/result.json" --png --output "$out/index.html"

@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from loadtest.client import StormClient, Target
-from loadtest.frames import HandshakeError, WebSocketError
-from loadtest.tally import Tally
-from loadtest.zipf import ZipfTopics
+from scorecast.loadtest.client import StormClient, Target
+from scorecast.loadtest.frames import HandshakeError, WebSocketError
+from scorecast.loadtest.tally import Tally
+from scorecast.loadtest.zipf import ZipfTopics
 
 __all__ = ["StormPlan", "Worker", "worker_process"]
 

@@ -8,7 +8,7 @@ Sans-I/O.
 
 from __future__ import annotations
 
-from loadtest.histogram import LatencyHistogram
+from scorecast.loadtest.histogram import LatencyHistogram
 
 __all__ = ["COUNTERS", "ERROR_COUNTERS", "HISTOGRAMS", "Tally"]
 

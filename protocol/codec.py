@@ -13,8 +13,14 @@ from typing import Any
 
 import msgspec
 
-from protocol.errors import BadRequest, ClientError, InvalidTopic, TooManyTopics, UnknownType
-from protocol.messages import (
+from scorecast.protocol.errors import (
+    BadRequest,
+    ClientError,
+    InvalidTopic,
+    TooManyTopics,
+    UnknownType,
+)
+from scorecast.protocol.messages import (
     CLIENT_MESSAGES,
     ClientMessage,
     Error,
@@ -22,7 +28,7 @@ from protocol.messages import (
     Unsubscribe,
     is_request_id,
 )
-from protocol.topics import is_valid_topic
+from scorecast.protocol.topics import is_valid_topic
 
 __all__ = ["decode_client", "encode", "error_payload", "text_frame"]
 

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from protocol.topics import is_valid_topic
+from scorecast.protocol.topics import is_valid_topic
 
 __all__ = ["Envelope", "InvalidEnvelope", "decode_envelope", "encode_envelope", "message_id"]
 

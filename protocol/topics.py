@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from protocol import SUBJECT_PREFIX
+from scorecast.protocol import SUBJECT_PREFIX
 
 __all__ = ["MAX_TOPIC_LENGTH", "is_valid_topic", "subject_for", "topic_of"]
 

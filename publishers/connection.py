@@ -18,11 +18,11 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 
-from protocol.nats_auth import ANONYMOUS, NatsAuth
-from publishers.errors import JetStreamUnavailable, NatsUnreachable
-from publishers.feed_ids import FeedIds
-from publishers.stream import DUPLICATE_WINDOW, TopicPublisher, ensure_stream
 from scorecast.outage import OutageLog, display_urls, split_servers, wait_for_nats
+from scorecast.protocol.nats_auth import ANONYMOUS, NatsAuth
+from scorecast.publishers.errors import JetStreamUnavailable, NatsUnreachable
+from scorecast.publishers.feed_ids import FeedIds
+from scorecast.publishers.stream import DUPLICATE_WINDOW, TopicPublisher, ensure_stream
 
 __all__ = ["Connecting", "connect", "open_publisher", "server_list"]
 

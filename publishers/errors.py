@@ -22,7 +22,7 @@ events with the same feed ids later stores each of them once.
 
 from __future__ import annotations
 
-from protocol.errors import ScorecastError
+from scorecast.protocol.errors import ScorecastError
 
 __all__ = [
     "BackendError",

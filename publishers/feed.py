@@ -33,8 +33,8 @@ from typing import Any
 
 import msgspec
 
-from protocol.topics import is_valid_topic
-from publishers.errors import InvalidFeed
+from scorecast.protocol.topics import is_valid_topic
+from scorecast.publishers.errors import InvalidFeed
 
 __all__ = [
     "MAX_DEPTH",

@@ -51,10 +51,10 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
-from protocol import STREAM_NAME
-from protocol.envelope import InvalidEnvelope, decode_envelope, message_id
-from protocol.topics import subject_for
-from publishers.errors import JetStreamUnavailable, StreamConfigError
+from scorecast.protocol import STREAM_NAME
+from scorecast.protocol.envelope import InvalidEnvelope, decode_envelope, message_id
+from scorecast.protocol.topics import subject_for
+from scorecast.publishers.errors import JetStreamUnavailable, StreamConfigError
 
 __all__ = ["BUCKET", "FEED_ID_TTL", "FeedIds", "Original"]
 

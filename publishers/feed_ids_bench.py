@@ -1,4 +1,4 @@
-"""What durable feed ids cost: ``python -m publishers.feed_ids_bench``.
+"""What durable feed ids cost: ``python -m scorecast.publishers.feed_ids_bench``.
 
 Starts its own nats-server (loopback, file store in a temporary folder) and
 prints, for a publisher storing events one after another as ingest does:
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import nats
 
-from publishers.feed_ids import BUCKET, FEED_ID_TTL, FeedIds, key_for
-from publishers.stream import TopicPublisher, ensure_stream
 from scorecast.natsserver import NatsServer
+from scorecast.publishers.feed_ids import BUCKET, FEED_ID_TTL, FeedIds, key_for
+from scorecast.publishers.stream import TopicPublisher, ensure_stream
 
 
 def _rss_kib(pid: int) -> int:

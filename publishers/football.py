@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.merge_patch import apply_patch, diff
+from scorecast.protocol.merge_patch import apply_patch, diff
 
 __all__ = ["KEPT_EVENTS", "TEAMS", "League", "Match", "league_teams", "live_line"]
 

@@ -57,11 +57,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.auth import Grant, TokenVerifier
-from protocol.errors import Unauthorized
-from protocol.nats_auth import ANONYMOUS, NatsAuth
-from publishers.connection import Connecting, open_publisher
-from publishers.errors import (
+from scorecast.gateway.auth import Grant, TokenVerifier
+from scorecast.protocol.errors import Unauthorized
+from scorecast.protocol.nats_auth import ANONYMOUS, NatsAuth
+from scorecast.publishers.connection import Connecting, open_publisher
+from scorecast.publishers.errors import (
     BackendError,
     CorruptTopic,
     EnvelopeProblem,
@@ -69,8 +69,8 @@ from publishers.errors import (
     FeedIdConflict,
     InvalidFeed,
 )
-from publishers.feed import FeedEvent, check_batch, split_batch
-from publishers.stream import DUPLICATE_WINDOW, TopicPublisher
+from scorecast.publishers.feed import FeedEvent, check_batch, split_batch
+from scorecast.publishers.stream import DUPLICATE_WINDOW, TopicPublisher
 
 __all__ = [
     "BODY_TIMEOUT",

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.nats_auth import ANONYMOUS, NatsAuth
-from publishers.connection import open_publisher
-from publishers.errors import InvalidFeed, PublishError
-from publishers.feed import FeedEvent, check_item, parse_line
-from publishers.stream import DUPLICATE_WINDOW, Published, TopicPublisher
+from scorecast.protocol.nats_auth import ANONYMOUS, NatsAuth
+from scorecast.publishers.connection import open_publisher
+from scorecast.publishers.errors import InvalidFeed, PublishError
+from scorecast.publishers.feed import FeedEvent, check_item, parse_line
+from scorecast.publishers.stream import DUPLICATE_WINDOW, Published, TopicPublisher
 
 __all__ = ["SAMPLES", "Replayed", "load_feed", "replay", "run_replay", "schedule"]
 

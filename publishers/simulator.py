@@ -34,11 +34,11 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from protocol.nats_auth import ANONYMOUS, NatsAuth
-from publishers.connection import open_publisher
-from publishers.errors import JetStreamUnavailable, PublishError, TopicContended
-from publishers.football import League, Match, live_line
-from publishers.stream import DUPLICATE_WINDOW, Published, TopicPublisher
+from scorecast.protocol.nats_auth import ANONYMOUS, NatsAuth
+from scorecast.publishers.connection import open_publisher
+from scorecast.publishers.errors import JetStreamUnavailable, PublishError, TopicContended
+from scorecast.publishers.football import League, Match, live_line
+from scorecast.publishers.stream import DUPLICATE_WINDOW, Published, TopicPublisher
 
 __all__ = ["LIVE_TOPIC", "LiveBoard", "Simulator", "run_simulator"]
 

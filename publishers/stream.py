@@ -46,11 +46,16 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
-from protocol import COMMITTED_PREFIX, STREAM_NAME, SUBJECT_PREFIX
-from protocol.envelope import InvalidEnvelope, decode_envelope, encode_envelope, message_id
-from protocol.merge_patch import apply_patch
-from protocol.topics import subject_for, topic_of
-from publishers.errors import (
+from scorecast.protocol import COMMITTED_PREFIX, STREAM_NAME, SUBJECT_PREFIX
+from scorecast.protocol.envelope import (
+    InvalidEnvelope,
+    decode_envelope,
+    encode_envelope,
+    message_id,
+)
+from scorecast.protocol.merge_patch import apply_patch
+from scorecast.protocol.topics import subject_for, topic_of
+from scorecast.publishers.errors import (
     CorruptTopic,
     EnvelopeProblem,
     EnvelopeTooLarge,
@@ -60,7 +65,7 @@ from publishers.errors import (
     StreamConfigError,
     TopicContended,
 )
-from publishers.feed_ids import FeedIds, Original
+from scorecast.publishers.feed_ids import FeedIds, Original
 
 __all__ = ["DUPLICATE_WINDOW", "Published", "TopicPublisher", "ensure_stream"]
 

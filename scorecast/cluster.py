@@ -35,14 +35,14 @@ from pathlib import Path
 import nats
 import nats.errors
 
-from gateway.server import Gateway
-from gateway.settings import GatewaySettings
-from protocol.nats_auth import ANONYMOUS, NatsAuth
-from publishers.errors import BackendError
-from publishers.simulator import run_simulator
-from publishers.stream import ensure_stream
+from scorecast.gateway.server import Gateway
+from scorecast.gateway.settings import GatewaySettings
 from scorecast.nats_roles import authorization
 from scorecast.natsserver import NatsServer, free_port
+from scorecast.protocol.nats_auth import ANONYMOUS, NatsAuth
+from scorecast.publishers.errors import BackendError
+from scorecast.publishers.simulator import run_simulator
+from scorecast.publishers.stream import ensure_stream
 
 __all__ = ["NatsCluster", "Roles", "ensure_scores_stream", "run_cluster"]
 

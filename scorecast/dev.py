@@ -17,11 +17,11 @@ import shutil
 import signal
 import tempfile
 
-from gateway.server import Gateway
-from gateway.settings import GatewaySettings
-from publishers.ingest import run_ingest
-from publishers.simulator import run_simulator
+from scorecast.gateway.server import Gateway
+from scorecast.gateway.settings import GatewaySettings
 from scorecast.natsserver import NatsServer, check_free, free_port
+from scorecast.publishers.ingest import run_ingest
+from scorecast.publishers.simulator import run_simulator
 
 __all__ = ["run_dev"]
 

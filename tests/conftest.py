@@ -8,8 +8,8 @@ import os
 import nats
 import pytest
 
-from gateway.server import Gateway
-from gateway.settings import GatewaySettings
+from scorecast.gateway.server import Gateway
+from scorecast.gateway.settings import GatewaySettings
 from scorecast.natsserver import NatsServer
 from tests.support import create_stream
 

@@ -18,10 +18,10 @@ from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
-from protocol import COMMITTED_PREFIX, STREAM_NAME
-from protocol.envelope import encode_envelope, message_id
-from protocol.merge_patch import apply_patch
-from protocol.topics import subject_for
+from scorecast.protocol import COMMITTED_PREFIX, STREAM_NAME
+from scorecast.protocol.envelope import encode_envelope, message_id
+from scorecast.protocol.merge_patch import apply_patch
+from scorecast.protocol.topics import subject_for
 
 
 async def create_stream(js, history: int = 1000) -> None:

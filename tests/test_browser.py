@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.server import Gateway
-from gateway.settings import GatewaySettings
-from protocol.merge_patch import diff
-from publishers.football import live_line
+from scorecast.gateway.server import Gateway
+from scorecast.gateway.settings import GatewaySettings
 from scorecast.natsserver import NatsServer, free_port
+from scorecast.protocol.merge_patch import diff
+from scorecast.publishers.football import live_line
 from tests.support import RawPublisher
 
 CHROMIUM = "/usr/bin/chromium"
@@ -221,7 +221,7 @@ async def test_live_page_follows_goals_and_survives_gateway_restarts(js, nats_se
 
 async def save_screenshot(path: Path) -> None:
     """The page with simulated matches, a few minutes in, one match opened."""
-    from publishers.simulator import run_simulator
+    from scorecast.publishers.simulator import run_simulator
 
     store = tempfile.mkdtemp(prefix="scorecast-shot-")
     nats_server = NatsServer(store_dir=store)

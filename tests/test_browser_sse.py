@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.settings import GatewaySettings
+from scorecast.gateway.settings import GatewaySettings
 from scorecast.natsserver import free_port
 from tests.support import RawPublisher
 from tests.test_browser import Matches, browser_page, require_browser, start_gateway

@@ -14,10 +14,10 @@ import jwt
 import orjson
 import pytest
 
-from protocol import STREAM_NAME
-from protocol.topics import subject_for
 from scorecast.client import Backoff, ClientFailed, ScorecastClient, Status, run_watch
 from scorecast.natsserver import free_port
+from scorecast.protocol import STREAM_NAME
+from scorecast.protocol.topics import subject_for
 from tests.support import RawPublisher, start_gateway
 
 FAST = Backoff(min_delay=0.05, max_delay=0.5)

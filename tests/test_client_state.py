@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scorecast.client_state import (
+from scorecast.client.state import (
     Authed,
     ClientState,
     GatewayError,

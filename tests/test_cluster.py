@@ -18,11 +18,11 @@ import nats
 import nats.errors
 import pytest
 
-from gateway.server import Gateway
-from gateway.settings import GatewaySettings
-from protocol import STREAM_NAME
-from protocol.nats_auth import NatsAuth
 from scorecast.cluster import NatsCluster, ensure_scores_stream, run_cluster
+from scorecast.gateway.server import Gateway
+from scorecast.gateway.settings import GatewaySettings
+from scorecast.protocol import STREAM_NAME
+from scorecast.protocol.nats_auth import NatsAuth
 from tests.support import RawPublisher, Recorder, check_sequence
 
 TOPICS = ("match.1", "match.2")

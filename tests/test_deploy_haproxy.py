@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.server import Gateway
-from gateway.settings import GatewaySettings
+from scorecast.gateway.server import Gateway
+from scorecast.gateway.settings import GatewaySettings
 from scorecast.natsserver import free_port
 from tests.support import RawPublisher, Recorder, create_stream
 

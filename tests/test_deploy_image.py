@@ -20,7 +20,12 @@ import pytest
 from docker.utils.build import exclude_paths
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("gateway", "protocol", "publishers", "scorecast", "loadtest")
+PACKAGES = ("gateway", "protocol", "publishers", "scorecast", "loadtest", "client")
+
+
+def _installed_as(package: str) -> str:
+    """Every folder is installed inside the one scorecast namespace."""
+    return "scorecast/__init__.py" if package == "scorecast" else f"scorecast/{package}/__init__.py"
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +147,8 @@ def test_the_context_builds_a_complete_wheel(tmp_path):
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         scripts = archive.read(entry_points).decode()
     for package in PACKAGES:
-        assert f"{package}/__init__.py" in names, f"the wheel misses {package}"
+        assert _installed_as(package) in names, f"the wheel misses {package}"
     assert "scorecast = scorecast.cli:main" in scripts
     # the files the gateway serves (package data, not Python)
     for path in sorted((REPO / "gateway" / "static").glob("*")):
-        assert f"gateway/static/{path.name}" in names, f"the wheel misses {path}"
+        assert f"scorecast/gateway/static/{path.name}" in names, f"the wheel misses {path}"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.metrics import render
+from scorecast.gateway.metrics import render
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

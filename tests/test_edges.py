@@ -270,7 +270,7 @@ def test_a_second_gateway_group_on_a_held_port_refuses_to_start(commands, nats_s
 
 
 def test_the_port_claim_refuses_a_second_group_even_between_workers():
-    from gateway.workers import PortTaken, claim_port
+    from scorecast.gateway.workers import PortTaken, claim_port
 
     port = free_port()
     claim = claim_port("127.0.0.1", port)  # the first group, no worker listening

@@ -6,10 +6,10 @@ import asyncio
 
 import orjson
 
-from protocol import STREAM_NAME
-from protocol.merge_patch import apply_patch
-from protocol.topics import subject_for
-from publishers.simulator import run_simulator
+from scorecast.protocol import STREAM_NAME
+from scorecast.protocol.merge_patch import apply_patch
+from scorecast.protocol.topics import subject_for
+from scorecast.publishers.simulator import run_simulator
 from tests.support import Recorder, check_sequence, scrape_metrics, ws_url
 
 MATCHES = [f"match.{1000 + n}" for n in range(6)]

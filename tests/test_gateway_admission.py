@@ -9,7 +9,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from gateway.admission import ConnectionRateLimiter, TokenBucket
+from scorecast.gateway.admission import ConnectionRateLimiter, TokenBucket
 from tests.support import ws_url
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import orjson
 
-from gateway.hub import Hub
-from gateway.outbox import Outbox, SlowClientPolicy, Verdict
-from gateway.topic import Gap, Topic
-from protocol.envelope import decode_envelope, encode_envelope
+from scorecast.gateway.hub import Hub
+from scorecast.gateway.outbox import Outbox, SlowClientPolicy, Verdict
+from scorecast.gateway.topic import Gap, Topic
+from scorecast.protocol.envelope import decode_envelope, encode_envelope
 
 
 def env(seq: int, topic: str = "match.1", state: dict | None = None):
@@ -134,10 +134,10 @@ def test_slow_client_policy():
 
 # --- the delivery core (gateway.core): one (connection, topic) phase each ---------
 
-from gateway.auth import Grant  # noqa: E402
-from gateway.core import BACKFILL_REUSE, Core, Fetch, Load, Phase  # noqa: E402
-from gateway.stats import Stats  # noqa: E402
-from protocol.messages import Subscribe  # noqa: E402
+from scorecast.gateway.auth import Grant  # noqa: E402
+from scorecast.gateway.core import BACKFILL_REUSE, Core, Fetch, Load, Phase  # noqa: E402
+from scorecast.gateway.stats import Stats  # noqa: E402
+from scorecast.protocol.messages import Subscribe  # noqa: E402
 from tests.test_gateway_core_stateful import Wire, frames_in  # noqa: E402
 
 

@@ -10,8 +10,8 @@ import time
 
 import jwt
 
-from gateway.supervise import Supervisor
-from protocol import STREAM_NAME
+from scorecast.gateway.supervise import Supervisor
+from scorecast.protocol import STREAM_NAME
 from tests.support import RawPublisher, Recorder, check_sequence, create_stream, ws_url
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"

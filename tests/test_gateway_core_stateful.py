@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from gateway.broker_memory import MemoryBroker
-from gateway.core import (
+from scorecast.gateway.broker_memory import MemoryBroker
+from scorecast.gateway.core import (
     LIVE,
     BrokerSubscribe,
     BrokerUnsubscribe,
@@ -29,8 +29,8 @@ from gateway.core import (
     Load,
     Retry,
 )
-from protocol.merge_patch import apply_patch
-from protocol.messages import Subscribe, Unsubscribe
+from scorecast.protocol.merge_patch import apply_patch
+from scorecast.protocol.messages import Subscribe, Unsubscribe
 
 TOPICS = ("a", "b", "c")
 CLIENTS = 3

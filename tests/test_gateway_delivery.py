@@ -8,8 +8,8 @@ import time
 import nats.js.errors
 import pytest
 
-from protocol.envelope import encode_envelope
-from protocol.topics import subject_for
+from scorecast.protocol.envelope import encode_envelope
+from scorecast.protocol.topics import subject_for
 from tests.support import RawPublisher, Recorder, check_sequence, create_stream, ws_url
 
 
@@ -119,8 +119,8 @@ async def test_gateway_started_before_the_stream_exists_waits_for_publishers(gat
 
 
 async def test_gateway_started_before_nats_serves_health_then_connects(nats_server, tmp_path):
-    from gateway.server import Gateway
-    from gateway.settings import GatewaySettings
+    from scorecast.gateway.server import Gateway
+    from scorecast.gateway.settings import GatewaySettings
 
     nats_server.stop()
     gw = Gateway(GatewaySettings(nats=(nats_server.url,), port=0))
@@ -156,7 +156,7 @@ async def test_a_publish_jetstream_refused_never_reaches_clients(gateway, js, nc
 
 async def test_stream_without_republish_is_followed_on_scores_subjects(gateway_settings, nc):
     """A stream set up by a publisher that knows only PROTOCOL.md still works."""
-    from gateway.server import Gateway
+    from scorecast.gateway.server import Gateway
 
     js = nc.jetstream()
     await js.add_stream(name="SCORES", subjects=["scores.>"], max_msgs_per_subject=1000)

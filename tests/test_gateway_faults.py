@@ -18,11 +18,11 @@ import pytest
 from nats.js.errors import APIError
 from websockets.server import ServerProtocol
 
-from gateway.broker_nats import NatsBroker
-from gateway.connection import Client
-from protocol import STREAM_NAME
-from protocol.envelope import encode_envelope, message_id
-from protocol.topics import subject_for
+from scorecast.gateway.broker_nats import NatsBroker
+from scorecast.gateway.connection import Client
+from scorecast.protocol import STREAM_NAME
+from scorecast.protocol.envelope import encode_envelope, message_id
+from scorecast.protocol.topics import subject_for
 from tests.support import RawClient, RawPublisher, Recorder, check_sequence, create_stream, ws_url
 from tests.test_gateway_recovery import view_state
 

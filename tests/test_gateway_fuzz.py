@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.server import Gateway
+from scorecast.gateway.server import Gateway
 from tests.support import RawClient, RawPublisher, Recorder, check_sequence, ws_url
 
 GATEWAY_TYPES = {

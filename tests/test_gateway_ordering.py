@@ -8,8 +8,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.topic import Gap, Topic
-from protocol.envelope import decode_envelope, encode_envelope
+from scorecast.gateway.topic import Gap, Topic
+from scorecast.protocol.envelope import decode_envelope, encode_envelope
 from tests.support import check_sequence
 
 N = 30

@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from gateway.metrics import REFUSAL_REASONS, render
-from gateway.proxies import TrustedProxies, cidrs
+from scorecast.gateway.metrics import REFUSAL_REASONS, render
+from scorecast.gateway.proxies import TrustedProxies, cidrs
 from tests.support import ws_url
 
 

@@ -9,10 +9,10 @@ import contextlib
 import nats
 import orjson
 
-from gateway.server import Gateway
-from protocol import STREAM_NAME
-from protocol.merge_patch import apply_patch
-from protocol.topics import subject_for
+from scorecast.gateway.server import Gateway
+from scorecast.protocol import STREAM_NAME
+from scorecast.protocol.merge_patch import apply_patch
+from scorecast.protocol.topics import subject_for
 from tests.support import RawPublisher, Recorder, check_sequence, create_stream, ws_url
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.server import Gateway
+from scorecast.gateway.server import Gateway
 from tests.support import RawClient, RawPublisher, Recorder, check_sequence, ws_url
 
 EVENTS = 600

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.stats import Stats
+from scorecast.gateway.stats import Stats
 
 
 def test_an_absurd_timestamp_is_clamped_and_counted():

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from loadtest.bench import main
-from loadtest.bench_report import render_markdown
+from scorecast.loadtest.bench import main
+from scorecast.loadtest.bench_report import render_markdown
 
 TINY = [
     "--connections", "50",
@@ -116,7 +116,7 @@ def test_floor_server_answers_a_bad_request_with_a_status(tmp_path):
     """Bad input gets an HTTP status, not a traceback or a hang."""
     import asyncio
 
-    from loadtest.bench_floor import FloorConnection, accept_value
+    from scorecast.loadtest.bench_floor import FloorConnection, accept_value
 
     # RFC 6455 section 1.3's example key and answer
     assert accept_value(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="

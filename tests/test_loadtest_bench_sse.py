@@ -1,4 +1,4 @@
-"""``python -m loadtest.bench_sse`` runs end to end on a tiny load and writes
+"""``python -m scorecast.loadtest.bench_sse`` runs end to end on a tiny load and writes
 its figures (the numbers themselves are for people, not for asserts)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import orjson
 def test_bench_sse_runs_and_reports(tmp_path):
     result = tmp_path / "sse.json"
     done = subprocess.run(
-        [sys.executable, "-m", "loadtest.bench_sse", "--connections", "20", "--events", "5",
-         "--cold", "50", "--json", str(result)],
+        [sys.executable, "-m", "scorecast.loadtest.bench_sse", "--connections", "20",
+         "--events", "5", "--cold", "50", "--json", str(result)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

@@ -8,7 +8,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from loadtest.frames import (
+from scorecast.loadtest.frames import (
     CLOSE,
     PING,
     TEXT,
@@ -20,7 +20,7 @@ from loadtest.frames import (
     close_payload,
     parse_close,
 )
-from protocol.codec import text_frame
+from scorecast.protocol.codec import text_frame
 
 
 def server_for(handshake: Handshake) -> tuple[ServerProtocol, bytes]:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.publisher import FixedRatePublisher
-from loadtest.stack import ROOT, GatewayProcesses
+from scorecast.loadtest.publisher import FixedRatePublisher
+from scorecast.loadtest.stack import ROOT, GatewayProcesses
 from scorecast.natsserver import free_port
 
 LOCUST = str(Path(sys.executable).with_name("locust"))

@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-from loadtest.procstat import Machine, ProcessGroup
-from loadtest.results import StormResults
+from scorecast.loadtest.procstat import Machine, ProcessGroup
+from scorecast.loadtest.results import StormResults
 
 
 def test_a_group_counts_its_children():

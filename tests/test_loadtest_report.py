@@ -6,9 +6,9 @@ import base64
 import json
 import re
 
-from loadtest.report import main
-from loadtest.results import StormResults
-from loadtest.tally import Tally
+from scorecast.loadtest.report import main
+from scorecast.loadtest.results import StormResults
+from scorecast.loadtest.tally import Tally
 
 
 def a_result() -> dict:

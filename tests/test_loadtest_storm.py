@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from loadtest.stack import ROOT, GatewayProcesses, metrics_of
-from loadtest.storm import main as storm_main
+from scorecast.loadtest.stack import ROOT, GatewayProcesses, metrics_of
+from scorecast.loadtest.storm import main as storm_main
 from scorecast.natsserver import free_port
 
 
@@ -26,7 +26,7 @@ def gateway(nats_server, tmp_path):
 
 def storm(tmp_path, *args: str) -> dict:
     output = tmp_path / "result.json"
-    command = [sys.executable, "-m", "loadtest.storm", "--output", str(output), *args]
+    command = [sys.executable, "-m", "scorecast.loadtest.storm", "--output", str(output), *args]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr
     assert "result written" in done.stderr

@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from loadtest.histogram import LatencyHistogram
-from loadtest.results import StormResults
-from loadtest.tally import Tally
-from loadtest.tracker import Positions, Verdict
-from loadtest.zipf import ZipfTopics
+from scorecast.loadtest.histogram import LatencyHistogram
+from scorecast.loadtest.results import StormResults
+from scorecast.loadtest.tally import Tally
+from scorecast.loadtest.tracker import Positions, Verdict
+from scorecast.loadtest.zipf import ZipfTopics
 
 
 def test_positions_name_every_violation_once():

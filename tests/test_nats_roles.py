@@ -25,11 +25,11 @@ import nats
 import nats.errors
 import pytest
 
-from protocol.nats_auth import NatsAuth
-from publishers.connection import open_publisher
-from publishers.errors import NatsUnreachable
 from scorecast.nats_roles import authorization
 from scorecast.natsserver import NatsServer, find_nats_server, free_port
+from scorecast.protocol.nats_auth import NatsAuth
+from scorecast.publishers.connection import open_publisher
+from scorecast.publishers.errors import NatsUnreachable
 from tests.support import Recorder, start_gateway
 from tests.test_publishers_stream import stored_messages
 

@@ -12,7 +12,7 @@ import time
 import nats
 import orjson
 
-from gateway.occupancy import Fleet, Reporter, Watchers
+from scorecast.gateway.occupancy import Fleet, Reporter, Watchers
 from scorecast.natsserver import free_port
 from tests.support import RawPublisher, Recorder, start_gateway
 from tests.support_sse import SseReader

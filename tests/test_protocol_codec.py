@@ -6,12 +6,12 @@ import msgspec
 import orjson
 import pytest
 
-from protocol.codec import decode_client, encode, error_payload, text_frame
-from protocol.envelope import InvalidEnvelope, decode_envelope, encode_envelope
-from protocol.errors import ClientError
-from protocol.merge_patch import apply_patch, diff
-from protocol.messages import NULL, Ping, Snapshot, Subscribe, Unsubscribe
-from protocol.topics import is_valid_topic, subject_for, topic_of
+from scorecast.protocol.codec import decode_client, encode, error_payload, text_frame
+from scorecast.protocol.envelope import InvalidEnvelope, decode_envelope, encode_envelope
+from scorecast.protocol.errors import ClientError
+from scorecast.protocol.merge_patch import apply_patch, diff
+from scorecast.protocol.messages import NULL, Ping, Snapshot, Subscribe, Unsubscribe
+from scorecast.protocol.topics import is_valid_topic, subject_for, topic_of
 
 
 def error_of(data, limit=None) -> tuple[str, int | None]:

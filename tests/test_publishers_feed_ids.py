@@ -14,11 +14,11 @@ import nats
 import orjson
 import pytest
 
-from protocol.topics import subject_for
-from publishers.errors import FeedIdConflict
-from publishers.feed_ids import BUCKET, FeedIds, key_for
-from publishers.replay import SAMPLES, load_feed, replay, run_replay
-from publishers.stream import TopicPublisher, ensure_stream
+from scorecast.protocol.topics import subject_for
+from scorecast.publishers.errors import FeedIdConflict
+from scorecast.publishers.feed_ids import BUCKET, FeedIds, key_for
+from scorecast.publishers.replay import SAMPLES, load_feed, replay, run_replay
+from scorecast.publishers.stream import TopicPublisher, ensure_stream
 from tests.test_publishers_stream import assert_topic_log, stored_messages
 
 WINDOW = 0.5  # seconds: the duplicate window, shortened for the test

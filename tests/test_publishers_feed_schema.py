@@ -11,8 +11,8 @@ import jsonschema
 import orjson
 import pytest
 
-from publishers.feed import check_item
-from publishers.replay import SAMPLES
+from scorecast.publishers.feed import check_item
+from scorecast.publishers.replay import SAMPLES
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[1] / "publishers/feed.schema.json").read_text()

@@ -11,11 +11,11 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from publishers.errors import InvalidFeed
-from publishers.feed import Unreadable, check_batch, check_item, split_batch
-from publishers.ingest import make_app, run_ingest
-from publishers.stream import TopicPublisher, ensure_stream
 from scorecast.natsserver import free_port
+from scorecast.publishers.errors import InvalidFeed
+from scorecast.publishers.feed import Unreadable, check_batch, check_item, split_batch
+from scorecast.publishers.ingest import make_app, run_ingest
+from scorecast.publishers.stream import TopicPublisher, ensure_stream
 from tests.test_publishers_stream import assert_topic_log, stored_messages
 
 GOAL = {"topic": "match.1", "kind": "goal", "data": {"home": {"score": 1}}}

@@ -15,10 +15,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from publishers.feed_ids import FeedIds
-from publishers.ingest import feed_verifier, make_app, run_ingest
-from publishers.stream import TopicPublisher, ensure_stream
 from scorecast.natsserver import free_port
+from scorecast.publishers.feed_ids import FeedIds
+from scorecast.publishers.ingest import feed_verifier, make_app, run_ingest
+from scorecast.publishers.stream import TopicPublisher, ensure_stream
 from tests.test_publishers_stream import assert_topic_log, stored_messages
 
 SECRET = "feed-secret-of-at-least-thirty-two-bytes"

@@ -9,10 +9,10 @@ import sys
 import orjson
 import pytest
 
-from publishers.errors import InvalidFeed
-from publishers.feed import FeedEvent
-from publishers.replay import SAMPLES, load_feed, replay, run_replay, schedule
-from publishers.stream import TopicPublisher, ensure_stream
+from scorecast.publishers.errors import InvalidFeed
+from scorecast.publishers.feed import FeedEvent
+from scorecast.publishers.replay import SAMPLES, load_feed, replay, run_replay, schedule
+from scorecast.publishers.stream import TopicPublisher, ensure_stream
 from tests.test_publishers_stream import assert_topic_log, stored_messages
 
 DERBY = SAMPLES / "derby.ndjson"

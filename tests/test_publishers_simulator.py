@@ -12,10 +12,10 @@ from typing import Any
 import nats
 import pytest
 
-from protocol.merge_patch import apply_patch
-from publishers.football import KEPT_EVENTS, League, Match, league_teams, live_line
-from publishers.simulator import LIVE_TOPIC, Simulator, run_simulator
-from publishers.stream import TopicPublisher, ensure_stream
+from scorecast.protocol.merge_patch import apply_patch
+from scorecast.publishers.football import KEPT_EVENTS, League, Match, league_teams, live_line
+from scorecast.publishers.simulator import LIVE_TOPIC, Simulator, run_simulator
+from scorecast.publishers.stream import TopicPublisher, ensure_stream
 from tests.test_publishers_stream import assert_topic_log, stored_messages
 
 KINDS = {"kickoff", "clock", "goal", "card", "substitution", "period", "fulltime"}
@@ -228,24 +228,32 @@ async def test_simulated_matches_are_stored_gapless_and_believable(nc, js):
 
 
 async def test_a_restarted_simulator_resumes_every_match(nc, js, nats_server):
-    async def run_for(client, seconds: float) -> None:
+    topics = ("match.1000", "match.1001")
+
+    async def run_until(client, stored: int) -> None:
+        """Run a simulator until each match has ``stored`` messages (however
+        long a busy machine takes), then stop it."""
         stop = asyncio.Event()
         simulator = Simulator(TopicPublisher(client), matches=2, minute_seconds=0.004)
         task = asyncio.create_task(simulator.run(stop))
-        await asyncio.sleep(seconds)
+        for _ in range(600):
+            counts = by_topic(await stored_messages(js))
+            if all(len(counts.get(topic, ())) >= stored for topic in topics):
+                break
+            await asyncio.sleep(0.05)
         stop.set()
         await asyncio.wait_for(task, timeout=5)
 
-    await run_for(nc, 0.15)
+    await run_until(nc, 6)
     first = by_topic(await stored_messages(js))
     other = await nats.connect(nats_server.url)
     try:
-        await run_for(other, 0.15)
+        await run_until(other, max(len(first[topic]) for topic in topics) + 3)
     finally:
         await other.close()
     second = by_topic(await stored_messages(js))
 
-    for topic in ("match.1000", "match.1001"):
+    for topic in topics:
         assert len(second[topic]) > len(first[topic]) > 5
         assert_topic_log(second[topic])
         kinds = [e["kind"] for e in second[topic]]

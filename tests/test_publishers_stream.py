@@ -11,11 +11,11 @@ import orjson
 import pytest
 from nats.js.errors import NotFoundError
 
-from protocol import STREAM_NAME
-from protocol.envelope import encode_envelope
-from protocol.merge_patch import apply_patch
-from publishers.errors import CorruptTopic, FeedIdConflict, JetStreamUnavailable
-from publishers.stream import TopicPublisher, ensure_stream
+from scorecast.protocol import STREAM_NAME
+from scorecast.protocol.envelope import encode_envelope
+from scorecast.protocol.merge_patch import apply_patch
+from scorecast.publishers.errors import CorruptTopic, FeedIdConflict, JetStreamUnavailable
+from scorecast.publishers.stream import TopicPublisher, ensure_stream
 
 
 async def stored_messages(js, topic: str | None = None) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from loadtest.frames import (
+from scorecast.loadtest.frames import (
     CLOSE,
     PING,
     PONG,
@@ -35,12 +35,12 @@ from loadtest.frames import (
     close_payload,
     parse_close,
 )
-from loadtest.tracker import Positions, Verdict
-from protocol import STREAM_NAME
-from protocol.envelope import encode_envelope, message_id
-from protocol.merge_patch import apply_patch
-from protocol.topics import subject_for
+from scorecast.loadtest.tracker import Positions, Verdict
 from scorecast.natsserver import free_port
+from scorecast.protocol import STREAM_NAME
+from scorecast.protocol.envelope import encode_envelope, message_id
+from scorecast.protocol.merge_patch import apply_patch
+from scorecast.protocol.topics import subject_for
 
 RESULTS = Path(os.environ.get("SCORECAST_FAULTS_RESULTS", ".faults-results.jsonl"))
 MB = 1024 * 1024

@@ -19,8 +19,8 @@ import time
 import nats
 import pytest
 
-from protocol import STREAM_NAME
 from scorecast.cluster import NatsCluster, ensure_scores_stream
+from scorecast.protocol import STREAM_NAME
 from tests.faults.harness import (
     MB,
     FaultClient,

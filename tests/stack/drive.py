@@ -40,6 +40,8 @@ import nats
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from scorecast.protocol.nats_auth import NatsAuth
+
 PROJECT = os.environ.get("SCORECAST_STACK_PROJECT", "scorecast")
 CLIENTS = int(os.environ.get("SCORECAST_STACK_CLIENTS", "200"))
 LB = "ws://127.0.0.1:18080/ws"
@@ -217,12 +219,16 @@ async def _quiet(error: Exception) -> None:
 
 
 def nats_options() -> dict[str, Any]:
-    if os.environ.get("SCORECAST_NATS_USER"):
-        return {
-            "user": os.environ["SCORECAST_NATS_USER"],
-            "password": os.environ.get("SCORECAST_NATS_PASSWORD", ""),
-        }
-    return {}
+    """The drive reads SCORES as a gateway does: with the gateway role (the
+    compose file's development password unless the environment says other)."""
+    auth = NatsAuth(
+        user=os.environ.get("SCORECAST_NATS_USER", "gateway"),
+        password=os.environ.get(
+            "SCORECAST_NATS_PASSWORD",
+            os.environ.get("NATS_GATEWAY_PASSWORD", "gateway-dev-password"),
+        ),
+    )
+    return auth.options()
 
 
 async def stream_leader(http: aiohttp.ClientSession) -> str:

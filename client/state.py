@@ -39,8 +39,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.merge_patch import apply_patch
-from protocol.topics import is_valid_topic
+from scorecast.protocol.merge_patch import apply_patch
+from scorecast.protocol.topics import is_valid_topic
 
 __all__ = [
     "Authed",

@@ -6,7 +6,7 @@
         async for update in client.updates():
             print(update.topic, update.seq, update.kind, update.state)
 
-The state logic lives in :mod:`scorecast.client_state` (sans-I/O); this module
+The state logic lives in :mod:`scorecast.client.state` (sans-I/O); this module
 owns the socket, the clocks and the retries:
 
 - connects with a token (``Authorization: Bearer`` by default, ``?token=`` on
@@ -45,8 +45,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from protocol.errors import CloseCode, ScorecastError
-from scorecast.client_state import (
+from scorecast.client.state import (
     Authed,
     ClientState,
     GatewayError,
@@ -56,6 +55,7 @@ from scorecast.client_state import (
     Update,
     Welcomed,
 )
+from scorecast.protocol.errors import CloseCode, ScorecastError
 
 __all__ = [
     "Backoff",
