@@ -613,7 +613,7 @@ async def run_watch(
         raise ValueError("name at least one topic to watch, e.g. football.live")
     seen = 0
     if sse:
-        from scorecast.client_sse import SseClient
+        from scorecast.client.sse import SseClient
 
         opened = SseClient(url, token=token, topics=topics)
     else:

@@ -8,7 +8,7 @@ import asyncio
 import orjson
 
 from scorecast.client import Occupancy, ScorecastClient, run_watch
-from scorecast.client_sse import SseClient, sse_url
+from scorecast.client.sse import SseClient, sse_url
 from tests.support import RawPublisher, ws_url
 
 
