@@ -40,10 +40,9 @@ COPY . .
 RUN pip install . ${PIP_FLAGS} && pip check
 
 FROM build AS build-load
-# `.[load]` picks up a `load` extra of pyproject.toml when there is one;
-# what loadtest/locustfile.py imports is named as well, so that the image
-# works either way.
-RUN pip install ".[load]" "locust>=2.20" "websocket-client>=1.6" ${PIP_FLAGS}
+# the load tools are their own distribution (loadtest/pyproject.toml), never
+# in the runtime image
+RUN pip install ./loadtest ${PIP_FLAGS}
 
 # --- load: locust master or worker -------------------------------------------
 FROM base AS load

