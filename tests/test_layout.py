@@ -113,3 +113,20 @@ def test_without_the_load_tools_their_commands_say_how_to_get_them(monkeypatch, 
         main(["storm", "--connections", "10"])
     assert stopped.value.code == 2
     assert "pip install ./loadtest" in capsys.readouterr().err
+
+
+def test_a_runtime_command_does_not_load_the_load_tools():
+    """`scorecast gateway --help` (any command but storm, bench, report)
+    never imports scorecast.loadtest, whether it is installed or not."""
+    script = (
+        "import sys\n"
+        "from scorecast.cli import main\n"
+        "try:\n"
+        "    main(['gateway', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('scorecast.loadtest'))\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -9,7 +9,6 @@ import os
 import nats
 import pytest
 
-from scorecast.natsserver import NatsServer
 from tests.faults.harness import GatewayProcess
 from tests.support import create_stream
 
@@ -17,17 +16,7 @@ if not os.environ.get("SCORECAST_FAULTS"):
     collect_ignore_glob = ["test_*.py"]
 
 
-@pytest.fixture
-def nats_server(tmp_path):
-    server = NatsServer(
-        store_dir=str(tmp_path / "js"),
-        binary=os.environ.get("NATS_SERVER_BIN"),
-        log_file=str(tmp_path / "nats.log"),
-    )
-    (tmp_path / "js").mkdir()
-    server.start()
-    yield server
-    server.stop()
+# nats_server: the suite's own fixture (tests/conftest.py), a fresh nats-server
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ import nats
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from scorecast.protocol.merge_patch import apply_patch
 from scorecast.protocol.nats_auth import NatsAuth
 
 PROJECT = os.environ.get("SCORECAST_STACK_PROJECT", "scorecast")
@@ -71,19 +72,6 @@ def podman(*args: str, check: bool = True) -> str:
     if check and result.returncode != 0:
         raise Failed(f"podman {' '.join(args)}: {result.stderr.strip()}")
     return result.stdout.strip()
-
-
-def merge(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON Merge Patch."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge(result.get(key), value)
-    return result
 
 
 RETRIED = (
@@ -185,7 +173,7 @@ class Client:
         if previous is None or seq != previous + 1:
             self.gaps.append(f"{topic}: event {seq} after {previous}")
         self.seq[topic] = seq
-        self.state[topic] = merge(self.state.get(topic), message["data"])
+        self.state[topic] = apply_patch(self.state.get(topic), message["data"])
         self.events += 1
         self.last_event = time.monotonic()
 
