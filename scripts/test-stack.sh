@@ -104,7 +104,7 @@ mkdir -p "$CACHE"
 if ! podman image exists localhost/scorecast-base:bookworm; then
   if [ ! -s "$CACHE/base.tar" ]; then
     phase "mmdebstrap: Debian bookworm base with python3, haproxy, prometheus"
-    mmdebstrap --quiet --variant=minbase \
+    mmdebstrap --quiet --variant=minbase --format=tar \
       --include=python3,python3-venv,python-is-python3,ca-certificates,wget,haproxy,prometheus \
       bookworm "$CACHE/base.tar.part" "$MIRROR"
     mv "$CACHE/base.tar.part" "$CACHE/base.tar"
