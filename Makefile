@@ -28,10 +28,14 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Quiet by default: a dot per test (node) and per test (pytest), failures in
+# full. `make test PYTEST_ARGS=-v` for every test's name.
 test: lint
 	@bash scripts/system-deps.sh
-	node --test tests/js/
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@echo "node --test tests/js/ (the browser client's unit tests)"
+	@node --test --test-reporter=dot tests/js/
+	@echo "pytest"
+	@$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The fault-injection suite (tests/faults, ~5 minutes): real processes through
 # NATS frozen, bursts, a stalled gateway, a killed JetStream leader, churn,
