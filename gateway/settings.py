@@ -123,6 +123,16 @@ class GatewaySettings(NatsSettings):
     trusted_proxies: tuple[str, ...] = setting(
         (), parse=cidrs, help="CIDRs whose X-Forwarded-For is believed"
     )
+    # timeouts of the gateway's own (tests shorten them)
+    close_timeout: float = setting(
+        5.0, parse=positive, help="seconds a client gets to answer a close frame"
+    )
+    nats_request_timeout: float = setting(
+        5.0, parse=positive, help="seconds a JetStream request (stream info, message get) may take"
+    )
+    stream_check_interval: float = setting(
+        2.0, parse=positive, help="seconds between two looks at the SCORES stream (created, reset)"
+    )
     # lifecycle
     drain_window: float = setting(
         10.0, parse=seconds, help="seconds over which a drain spreads reconnects"

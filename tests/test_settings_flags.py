@@ -147,3 +147,14 @@ def test_the_readme_names_every_flag(command):
         if flag not in NOT_FIELDS and f"`{flag}" not in text and f", {flag}" not in text
     ]
     assert missing == []
+
+
+def test_the_storm_flags_are_its_settings_fields():
+    pytest.importorskip("scorecast.loadtest")
+    from scorecast.flags import Parser
+    from scorecast.loadtest.storm_settings import StormSettings, add_arguments, settings_from_args
+
+    parser = add_arguments(Parser(prog="storm"), {})
+    flags = {o for a in parser._actions for o in a.option_strings} - NOT_FIELDS - {"--history"}
+    assert flags == {flag_of(field) for field in dataclasses.fields(StormSettings)}
+    assert settings_from_args(parser.parse_args([])) == StormSettings()
