@@ -252,9 +252,9 @@ async def run_cluster(
     simulator: asyncio.Task | None = None
     try:
         cluster.start()
-        await cluster.wait_for_jetstream(s.ready_timeout, auth=roles.publisher)
+        await cluster.wait_for_jetstream(s.nats_ready_timeout, auth=roles.publisher)
         await ensure_scores_stream(
-            cluster.nats_url, replicas=replicas, timeout=s.ready_timeout, auth=roles.publisher
+            cluster.nats_url, replicas=replicas, timeout=s.nats_ready_timeout, auth=roles.publisher
         )
         for index in range(s.gateways):
             settings = GatewaySettings(

