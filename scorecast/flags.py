@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
@@ -123,21 +123,25 @@ def shown(value: Any) -> str:
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line on stderr, exit 2,
-    and that says which deprecated spellings it was given when it parses."""
+    and whose commands say which deprecated variables they were given."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.deprecations: list[str] = []  # from the environment, said when parsing
+        self.deprecations: list[str] = []  # from the environment, said if this command runs
+        self.register("action", "parsers", _Commands)
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-        # a command's parser parses only when that command runs: its
-        # environment's deprecations are news only then
-        for line in self.deprecations:
-            print(f"{self.prog}: {line}", file=sys.stderr)
-        return super().parse_known_args(args, namespace)
+
+class _Commands(argparse._SubParsersAction):
+    """Subcommands; the one chosen says its environment's deprecations."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        chosen = self._name_parser_map.get(values[0]) if values else None
+        for line in getattr(chosen, "deprecations", ()):
+            print(f"{chosen.prog}: {line}", file=sys.stderr)
+        super().__call__(parser, namespace, values, option_string)
 
 
 class _Store(argparse.Action):
@@ -160,27 +164,19 @@ def add_settings(
     parser: argparse.ArgumentParser,
     cls: type,
     environ: Mapping[str, str],
-    *,
-    skip: Sequence[str] = (),
-    defaults: Mapping[str, Any] | None = None,
 ) -> None:
-    """A flag for every field of the settings class ``cls`` (but those in
-    ``skip`` and internal ones), in declaration order; ``defaults`` replaces
-    a field's default for this command."""
-    defaults = defaults or {}
+    """A flag for every field of the settings class ``cls`` but internal
+    ones, in declaration order."""
     for field in dataclasses.fields(cls):
         meta: Flag | None = field.metadata.get(_KEY)
         name = flag_of(field)
-        if meta is None or name is None or field.name in skip:
+        if meta is None or name is None:
             continue
-        if field.name in defaults:
-            default = defaults[field.name]
-        elif field.default_factory is not dataclasses.MISSING:
+        if field.default_factory is not dataclasses.MISSING:
             default = field.default_factory()
         else:
             default = field.default
-        display = meta.shown if meta.shown is not None and field.name not in defaults else None
-        _add(parser, environ, name, field.name, default, meta, display)
+        _add(parser, environ, name, field.name, default, meta, meta.shown)
 
 
 def _add(
