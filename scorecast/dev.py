@@ -27,25 +27,25 @@ from scorecast.stack_settings import DevSettings
 __all__ = ["run_dev"]
 
 
-async def run_dev(args: DevSettings) -> None:
+async def run_dev(settings: DevSettings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     store = tempfile.mkdtemp(prefix="scorecast-dev-")
     nats_server = NatsServer(
-        port=args.nats_port or None,
+        port=settings.nats_port or None,
         store_dir=store,
-        binary=args.nats_server_bin,
+        binary=settings.nats_server_bin,
         die_with_parent=True,
     )
     gateway = Gateway(
-        GatewaySettings(nats=(nats_server.url,), host=args.host, port=args.port, node="dev")
+        GatewaySettings(nats=(nats_server.url,), host=settings.host, port=settings.port, node="dev")
     )
-    ingest_port = args.ingest_port or free_port(args.host)
+    ingest_port = settings.ingest_port or free_port(settings.host)
     helpers: list[asyncio.Task] = []
     try:
-        check_free(args.host, ingest_port, "ingest")
+        check_free(settings.host, ingest_port, "ingest")
         nats_server.start()
         starting = loop.create_task(gateway.start())
         stopped = loop.create_task(stop.wait())
@@ -58,19 +58,21 @@ async def run_dev(args: DevSettings) -> None:
         starting.result()  # a gateway port that cannot be bound raises here
         publisher = PublisherSettings(nats=(nats_server.url,))
         ingest = loop.create_task(
-            run_ingest(publisher, IngestSettings(host=args.host, port=ingest_port), stop=stop)
+            run_ingest(publisher, IngestSettings(host=settings.host, port=ingest_port), stop=stop)
         )
         helpers.append(ingest)
-        await _listening(ingest, args.host, ingest_port, args.ingest_ready_timeout)
+        await _listening(ingest, settings.host, ingest_port, settings.ingest_ready_timeout)
         print(f"NATS:      {nats_server.url}", flush=True)
-        print(f"WebSocket: ws://{args.host}:{gateway.port}/ws", flush=True)
-        print(f"Page:      http://{args.host}:{gateway.port}/", flush=True)
-        print(f"Ingest:    http://{args.host}:{ingest_port}/v1/events", flush=True)
+        print(f"WebSocket: ws://{settings.host}:{gateway.port}/ws", flush=True)
+        print(f"Page:      http://{settings.host}:{gateway.port}/", flush=True)
+        print(f"Ingest:    http://{settings.host}:{ingest_port}/v1/events", flush=True)
         helpers.append(
             loop.create_task(
                 run_simulator(
                     publisher,
-                    SimulatorSettings(matches=args.matches, minute_seconds=args.minute_seconds),
+                    SimulatorSettings(
+                        matches=settings.matches, minute_seconds=settings.minute_seconds
+                    ),
                     stop=stop,
                 )
             )
@@ -84,7 +86,7 @@ async def run_dev(args: DevSettings) -> None:
     finally:
         stop.set()
         if helpers:
-            _, late = await asyncio.wait(helpers, timeout=args.stop_grace)
+            _, late = await asyncio.wait(helpers, timeout=settings.stop_grace)
             for helper in late:
                 helper.cancel()
             if late:
