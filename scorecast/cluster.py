@@ -183,7 +183,7 @@ async def ensure_scores_stream(
     nats_url: str,
     *,
     replicas: int = 3,
-    history: int = 1000,
+    stream_history: int = 1000,
     timeout: float = 30.0,
     auth: NatsAuth = ANONYMOUS,
 ) -> None:
@@ -196,7 +196,9 @@ async def ensure_scores_stream(
             servers=servers, allow_reconnect=False, connect_timeout=1, **auth.options()
         )
         try:
-            await ensure_stream(nc.jetstream(timeout=2.0), history=history, replicas=replicas)
+            await ensure_stream(
+                nc.jetstream(timeout=2.0), history=stream_history, replicas=replicas
+            )
         finally:
             await nc.close()
 
