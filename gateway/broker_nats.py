@@ -54,7 +54,6 @@ __all__ = ["NatsBroker", "PoisonedTopic"]
 
 log = logging.getLogger("scorecast.nats")
 
-STREAM_CHECK_INTERVAL = 2.0
 PENDING_MSGS = 1_000_000
 PENDING_BYTES = 512 * 1024 * 1024
 # liveness: a server that answers no ping for ~4 s is stale (nats-py: 120 s, 2)
@@ -79,6 +78,7 @@ class NatsBroker:
         stats: Stats | None = None,
         name: str = "scorecast-gateway",
         request_timeout: float = 5.0,
+        stream_check_interval: float = 2.0,
         auth: NatsAuth = ANONYMOUS,
     ) -> None:
         self.servers = servers
@@ -89,6 +89,7 @@ class NatsBroker:
         self.stats = stats or Stats()
         self.name = name
         self.request_timeout = request_timeout
+        self.stream_check_interval = stream_check_interval
         self.nc: nats.NATS | None = None
         self.js = None
         self.subscriptions: dict[str, Any] = {}
@@ -185,7 +186,7 @@ class NatsBroker:
 
     async def _watch_stream(self) -> None:
         while True:
-            await asyncio.sleep(STREAM_CHECK_INTERVAL)
+            await asyncio.sleep(self.stream_check_interval)
             try:
                 changed = await self._check_stream()
                 if changed:

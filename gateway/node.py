@@ -46,7 +46,7 @@ class Node:
         self.settings = settings
         self.stats = stats or Stats()
         self.core = Core(
-            history=settings.history,
+            history=settings.replay_buffer,
             soft_limit=settings.soft_limit,
             hard_limit=settings.hard_limit,
             grace=settings.slow_grace,

@@ -49,7 +49,6 @@ STATIC_FILES = {
 }
 FIGURES_INTERVAL = 1.0
 SWEEP_INTERVAL = 1.0
-CLOSE_TIMEOUT = 5.0
 BACKLOG = 4096
 FILE_RESERVE = 200  # descriptors kept for refusals, NATS, metrics, files
 
@@ -109,6 +108,8 @@ class Gateway:
             on_stream_reset=self.node.stream_reset,
             name=f"scorecast-gateway-{settings.node}",
             auth=settings.nats_auth(),
+            request_timeout=settings.nats_request_timeout,
+            stream_check_interval=settings.stream_check_interval,
         )
         self.rate = ConnectionRateLimiter(
             settings.connections_per_second, settings.connections_per_ip_per_second
@@ -240,7 +241,7 @@ class Gateway:
             now = time.monotonic()
             for client in _older(self.handshaking, now - settings.handshake_timeout, "started"):
                 client.transport.abort()
-            for client in _older(self.closing, now - CLOSE_TIMEOUT, "closing_since"):
+            for client in _older(self.closing, now - settings.close_timeout, "closing_since"):
                 client.transport.abort()
             if now < next_ping:
                 continue

@@ -152,7 +152,7 @@ class _Run:
             publisher = FixedRatePublisher(
                 nc.jetstream(), topics, self.settings.publish_rate, self.settings.seed
             )
-            await publisher.prepare(self.settings.history)
+            await publisher.prepare(self.settings.stream_history)
             await asyncio.sleep(max(0.0, self.t0.value - time.time()))
             try:
                 await publisher.run(

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from scorecast.flags import csv, env_flag
+from scorecast.flags import add_settings, csv, setting, settings_from
 from scorecast.loadtest.client import Target
 from scorecast.loadtest.storm_worker import StormPlan
 
@@ -43,35 +43,6 @@ class StormError(ValueError):
     """Settings that cannot work, with the reason in the message."""
 
 
-@dataclasses.dataclass(frozen=True)
-class StormSettings:
-    urls: tuple[str, ...] = ("ws://127.0.0.1:8080/ws",)
-    connections: int = 1000
-    rate: float = 500.0
-    workers: int = 0  # 0: as many as connections / per_worker needs
-    per_worker: int = 15_000
-    sources: str = "auto"  # "auto", a count, or comma-separated 127.x.y.z addresses
-    max_pending: int = 200
-    topics: int = 100
-    topics_per_client: int = 2
-    zipf: float = 1.0
-    topic_prefix: str = "storm."
-    publish_rate: float = 10.0
-    nats: str = "nats://127.0.0.1:4222"
-    history: int = 1000
-    duration: float = 60.0
-    drain: float = 2.0
-    reconnect_at: float | None = None
-    reconnect_spread: float = 0.0
-    ping_interval: float = 0.0
-    connect_timeout: float = 15.0
-    seed: int = 1
-    scrape: bool = True
-    watch_pids: tuple[int, ...] = ()  # server processes whose CPU and memory to record
-    output: str = "storm-result.json"
-    quiet: bool = False
-
-
 def _optional_float(text: str) -> float | None:
     return None if text.lower() in ("", "none", "off") else float(text)
 
@@ -84,100 +55,87 @@ def _yes(text: str) -> bool:
     raise ValueError(f"expected yes or no, got {text!r}")
 
 
-def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = os.environ):
-    """The ``storm`` flags; each also reads ``SCORECAST_<FLAG>``."""
-    d = StormSettings()
-    f = lambda *a, **k: env_flag(parser, environ, *a, **k)  # noqa: E731
-    f(
-        "--url",
-        ",".join(d.urls),
-        str,
-        help="gateway WebSocket URL(s), comma-separated; clients are spread over them",
-    )
-    f("--connections", d.connections, int, help="client connections to open")
-    f("--rate", d.rate, float, help="new connections per second, all workers together")
-    f("--workers", d.workers, int, help="generator processes (0: connections / per-worker)")
-    f("--per-worker", d.per_worker, int, help="most connections one generator process holds")
-    f(
-        "--sources",
-        d.sources,
-        str,
-        help="source addresses: auto, a count (127.0.0.1..N), or comma-separated 127.x.y.z",
-    )
-    f("--max-pending", d.max_pending, int, help="connection attempts in flight per process")
-    f("--topics", d.topics, int, help="topics, drawn with Zipf popularity")
-    f("--topics-per-client", d.topics_per_client, int, help="topics each client subscribes")
-    f("--zipf", d.zipf, float, help="Zipf exponent of topic popularity (0: uniform)")
-    f("--topic-prefix", d.topic_prefix, str, help="topic names are PREFIX1..PREFIXN")
-    f(
-        "--publish-rate",
-        d.publish_rate,
-        float,
-        help="events per second over all topics (0: publish nothing; events come from elsewhere)",
-    )
-    f("--nats", d.nats, str, help="NATS URL for the publisher")
-    f("--history", d.history, int, help="per-topic history if the publisher creates SCORES")
-    f(
-        "--duration",
-        d.duration,
-        float,
-        help="seconds from the first connection to the end of publishing",
-    )
-    f("--drain", d.drain, float, help="seconds between the last publish and closing")
-    f(
-        "--reconnect-at",
-        None,
-        _optional_float,
-        help="seconds after the start at which every "
-        "client is cut and reconnects with since (none: no mass reconnect)",
-    )
-    f(
-        "--reconnect-spread",
-        d.reconnect_spread,
-        float,
-        help="seconds over which the mass reconnect is spread (0: all at once)",
-    )
-    f(
-        "--ping-interval",
-        d.ping_interval,
-        float,
-        help="application ping per client, seconds (0: none; gateway pings are always answered)",
-    )
-    f("--connect-timeout", d.connect_timeout, float, help="seconds from SYN to 'subscribed'")
-    f("--seed", d.seed, int, help="random seed of topic picks and jitter")
-    f("--scrape", "yes", _yes, help="read the gateways' /metrics each second (yes/no)")
-    f(
-        "--watch-pids",
-        "",
-        str,
-        help="PIDs of server processes (gateways, nats-server), "
-        "comma-separated, whose CPU and memory (children included) to record each second",
-    )
-    f("--output", d.output, str, help="JSON result file")
-    f("--quiet", "no", _yes, help="no progress lines (yes/no)")
-    return parser
-
-
-def settings_from_args(args: argparse.Namespace) -> StormSettings:
-    return StormSettings(
-        urls=csv(args.url), connections=args.connections, rate=args.rate,
-        workers=args.workers, per_worker=args.per_worker, sources=args.sources,
-        max_pending=args.max_pending, topics=args.topics,
-        topics_per_client=args.topics_per_client, zipf=args.zipf,
-        topic_prefix=args.topic_prefix, publish_rate=args.publish_rate, nats=args.nats,
-        history=args.history, duration=args.duration, drain=args.drain,
-        reconnect_at=args.reconnect_at, reconnect_spread=args.reconnect_spread,
-        ping_interval=args.ping_interval, connect_timeout=args.connect_timeout,
-        seed=args.seed, scrape=args.scrape, output=args.output, quiet=args.quiet,
-        watch_pids=_pids(args.watch_pids),
-    )  # fmt: skip
-
-
 def _pids(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in csv(text))
     except ValueError:
-        raise StormError(f"--watch-pids takes process ids, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"process ids, comma-separated, not {text!r}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class StormSettings:
+    """Each field is a flag (``urls`` is ``--url``); ranges are checked by
+    :func:`build_plan`, which says which flag is wrong."""
+
+    urls: tuple[str, ...] = setting(
+        ("ws://127.0.0.1:8080/ws",), parse=csv, flag="--url",
+        help="gateway WebSocket URL(s), comma-separated; clients are spread over them",
+    )  # fmt: skip
+    connections: int = setting(1000, parse=int, help="client connections to open")
+    rate: float = setting(
+        500.0, parse=float, help="new connections per second, all workers together"
+    )
+    workers: int = setting(0, parse=int, help="generator processes (0: connections / per-worker)")
+    per_worker: int = setting(
+        15_000, parse=int, help="most connections one generator process holds"
+    )
+    sources: str = setting(
+        "auto", help="source addresses: auto, a count (127.0.0.1..N), or comma-separated 127.x.y.z"
+    )
+    max_pending: int = setting(200, parse=int, help="connection attempts in flight per process")
+    topics: int = setting(100, parse=int, help="topics, drawn with Zipf popularity")
+    topics_per_client: int = setting(2, parse=int, help="topics each client subscribes")
+    zipf: float = setting(1.0, parse=float, help="Zipf exponent of topic popularity (0: uniform)")
+    topic_prefix: str = setting("storm.", help="topic names are PREFIX1..PREFIXN")
+    publish_rate: float = setting(
+        10.0, parse=float,
+        help="events per second over all topics (0: publish nothing; events come from elsewhere)",
+    )  # fmt: skip
+    nats: str = setting("nats://127.0.0.1:4222", help="NATS URL for the publisher")
+    stream_history: int = setting(
+        1000, parse=int, was="--history",
+        help="messages kept per topic in SCORES if the publisher creates it",
+    )  # fmt: skip
+    duration: float = setting(
+        60.0, parse=float, help="seconds from the first connection to the end of publishing"
+    )
+    drain: float = setting(2.0, parse=float, help="seconds between the last publish and closing")
+    reconnect_at: float | None = setting(
+        None, parse=_optional_float,
+        help="seconds after the start at which every client is cut and reconnects with since "
+        "(none: no mass reconnect)",
+    )  # fmt: skip
+    reconnect_spread: float = setting(
+        0.0, parse=float, help="seconds over which the mass reconnect is spread (0: all at once)"
+    )
+    ping_interval: float = setting(
+        0.0, parse=float,
+        help="application ping per client, seconds (0: none; gateway pings are always answered)",
+    )  # fmt: skip
+    connect_timeout: float = setting(15.0, parse=float, help="seconds from SYN to 'subscribed'")
+    seed: int = setting(1, parse=int, help="random seed of topic picks and jitter")
+    scrape: bool = setting(
+        True, parse=_yes, shown="yes", help="read the gateways' /metrics each second (yes/no)"
+    )
+    # server processes whose CPU and memory to record
+    watch_pids: tuple[int, ...] = setting(
+        (), parse=_pids,
+        help="PIDs of server processes (gateways, nats-server), comma-separated, whose CPU "
+        "and memory (children included) to record each second",
+    )  # fmt: skip
+    output: str = setting("storm-result.json", help="JSON result file")
+    quiet: bool = setting(False, parse=_yes, shown="no", help="no progress lines (yes/no)")
+
+
+def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = os.environ):
+    """The ``storm`` flags, one per :class:`StormSettings` field; each also
+    reads ``SCORECAST_<FLAG>``."""
+    add_settings(parser, StormSettings, environ)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> StormSettings:
+    return settings_from(StormSettings, args)
 
 
 def _loopback(host: str) -> bool:

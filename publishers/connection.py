@@ -22,13 +22,12 @@ from scorecast.outage import OutageLog, display_urls, split_servers, wait_for_na
 from scorecast.protocol.nats_auth import ANONYMOUS, NatsAuth
 from scorecast.publishers.errors import JetStreamUnavailable, NatsUnreachable
 from scorecast.publishers.feed_ids import FeedIds
-from scorecast.publishers.stream import DUPLICATE_WINDOW, TopicPublisher, ensure_stream
+from scorecast.publishers.settings import PublisherSettings
+from scorecast.publishers.stream import TopicPublisher, ensure_stream
 
 __all__ = ["Connecting", "connect", "open_publisher", "server_list"]
 
 log = logging.getLogger(__name__)
-
-_RETRY_SECONDS = 1.0
 
 server_list = split_servers  # one URL, several separated by commas, or a sequence
 
@@ -98,25 +97,21 @@ async def connect(
 
 
 async def open_publisher(
-    nats_url: str | Sequence[str],
+    settings: PublisherSettings,
     *,
     name: str,
-    history: int,
-    replicas: int,
-    auth: NatsAuth = ANONYMOUS,
-    duplicate_window: float = DUPLICATE_WINDOW,
-    feed_id_ttl: float | None = None,
     give_up_after: float | None = None,
 ) -> tuple[Client, TopicPublisher]:
-    """Connect, make sure the SCORES stream and the feed-id bucket exist, and
-    return a publisher on them.
+    """Connect as ``settings`` say, make sure the SCORES stream and the
+    feed-id bucket exist in their configuration, and return a publisher on them.
 
     While JetStream is not ready yet (a cluster still electing its leaders),
-    setting up the stream is retried (for ``give_up_after`` seconds when
-    given); a configuration the server refuses
-    (:class:`~publishers.errors.StreamConfigError`) is raised at once.
+    setting up the stream is retried every ``settings.setup_retry`` seconds
+    (for ``give_up_after`` seconds when given); a configuration the server
+    refuses (:class:`~publishers.errors.StreamConfigError`) is raised at once.
     """
-    nc = await connect(nats_url, name=name, auth=auth, give_up_after=give_up_after)
+    s = settings
+    nc = await connect(s.nats, name=name, auth=s.nats_auth(), give_up_after=give_up_after)
     loop = asyncio.get_running_loop()
     deadline = None if give_up_after is None else loop.time() + give_up_after
     try:
@@ -124,18 +119,21 @@ async def open_publisher(
             try:
                 js = nc.jetstream()
                 await ensure_stream(
-                    js, history=history, replicas=replicas, duplicate_window=duplicate_window
+                    js,
+                    history=s.stream_history,
+                    replicas=s.replicas,
+                    duplicate_window=s.duplicate_window,
                 )
-                feed_ids = await FeedIds.open(js, replicas=replicas, ttl=feed_id_ttl)
+                feed_ids = await FeedIds.open(js, replicas=s.replicas, ttl=s.feed_id_ttl)
                 break
             except JetStreamUnavailable as exc:
                 if deadline is not None and loop.time() >= deadline:
                     raise NatsUnreachable(
-                        f"JetStream at {','.join(server_list(nats_url))} not ready after "
+                        f"JetStream at {','.join(server_list(s.nats))} not ready after "
                         f"{give_up_after:g} s: {exc}"
                     ) from None
                 log.warning("%s: setting up stream SCORES: %s; retrying", name, exc)
-                await asyncio.sleep(_RETRY_SECONDS)
+                await asyncio.sleep(s.setup_retry)
     except BaseException:
         await nc.close()
         raise

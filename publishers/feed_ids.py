@@ -55,13 +55,13 @@ from scorecast.protocol import STREAM_NAME
 from scorecast.protocol.envelope import InvalidEnvelope, decode_envelope, message_id
 from scorecast.protocol.topics import subject_for
 from scorecast.publishers.errors import JetStreamUnavailable, StreamConfigError
+from scorecast.publishers.settings import FEED_ID_TTL
 
 __all__ = ["BUCKET", "FEED_ID_TTL", "FeedIds", "Original"]
 
 log = logging.getLogger(__name__)
 
 BUCKET = "SCORECAST_FEED_IDS"
-FEED_ID_TTL = 48 * 3600.0  # seconds; the contract's floor
 _MARGIN = 600.0  # seconds: messages this close to the TTL count as old already
 _RESCAN = 60.0  # seconds between two incremental scans of one topic
 _TOPICS_KEPT = 10_000  # topics whose old ids are cached (LRU)

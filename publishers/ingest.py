@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -59,7 +58,6 @@ from aiohttp import web
 
 from scorecast.gateway.auth import Grant, TokenVerifier
 from scorecast.protocol.errors import Unauthorized
-from scorecast.protocol.nats_auth import ANONYMOUS, NatsAuth
 from scorecast.publishers.connection import Connecting, open_publisher
 from scorecast.publishers.errors import (
     BackendError,
@@ -70,26 +68,15 @@ from scorecast.publishers.errors import (
     InvalidFeed,
 )
 from scorecast.publishers.feed import FeedEvent, check_batch, split_batch
-from scorecast.publishers.stream import DUPLICATE_WINDOW, TopicPublisher
+from scorecast.publishers.settings import IngestSettings, PublisherSettings
+from scorecast.publishers.stream import TopicPublisher
 
-__all__ = [
-    "BODY_TIMEOUT",
-    "HEADER_TIMEOUT",
-    "MAX_BATCH",
-    "MAX_BODY",
-    "MAX_CONCURRENT",
-    "feed_verifier",
-    "make_app",
-    "run_ingest",
-]
+__all__ = ["feed_verifier", "make_app", "run_ingest"]
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 1 << 20  # bytes
-MAX_BATCH = 1000  # items
-MAX_CONCURRENT = 64  # requests being read or stored at once: memory <= this x max_body
-HEADER_TIMEOUT = 10.0  # seconds for a request's head (and idle keep-alive)
-BODY_TIMEOUT = 10.0  # seconds for a request's whole body
+# the limits and timeouts: publishers.settings.IngestSettings, declared once
+_DEFAULT = IngestSettings()
 
 _JSON_TYPES = frozenset(
     {"application/json", "application/x-ndjson", "application/ndjson", "application/jsonl"}
@@ -99,11 +86,11 @@ _JSON_TYPES = frozenset(
 def make_app(
     publisher: TopicPublisher,
     *,
-    max_body: int = MAX_BODY,
-    max_batch: int = MAX_BATCH,
+    max_body: int = _DEFAULT.max_body,
+    max_batch: int = _DEFAULT.max_batch,
     verifier: TokenVerifier | None = None,
-    body_timeout: float = BODY_TIMEOUT,
-    max_concurrent: int = MAX_CONCURRENT,
+    body_timeout: float = _DEFAULT.body_timeout,
+    max_concurrent: int = _DEFAULT.max_concurrent,
 ) -> web.Application:
     """The ingest HTTP application, publishing through ``publisher``.
 
@@ -327,66 +314,46 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.
 
 
 async def run_ingest(
-    nats_url: str | Sequence[str],
+    publisher: PublisherSettings,
+    ingest: IngestSettings = _DEFAULT,
     *,
-    host: str = "127.0.0.1",
-    port: int = 8081,
-    history: int = 1000,
-    replicas: int = 1,
-    max_body: int = MAX_BODY,
-    max_batch: int = MAX_BATCH,
-    jwt_secret: str | None = None,
-    jwt_public_key: str | None = None,
-    header_timeout: float = HEADER_TIMEOUT,
-    body_timeout: float = BODY_TIMEOUT,
-    max_concurrent: int = MAX_CONCURRENT,
-    auth: NatsAuth = ANONYMOUS,
-    duplicate_window: float = DUPLICATE_WINDOW,
-    feed_id_ttl: float | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve ingest on ``host:port`` until ``stop`` is set (forever without one).
+    """Serve ingest on ``ingest.host:ingest.port`` until ``stop`` is set
+    (forever without one), publishing as ``publisher`` says.
 
     It listens first and answers 503 with ``Retry-After`` until NATS answers."""
-    verifier = feed_verifier(secret=jwt_secret, public_key_file=jwt_public_key)
+    verifier = feed_verifier(secret=ingest.jwt_secret, public_key_file=ingest.jwt_public_key)
     if verifier is None:
         log.warning(
             "ingest: no --jwt-secret or --jwt-public-key: anyone who can reach "
             "http://%s:%s/v1/events can publish to every topic",
-            host,
-            port,
+            ingest.host,
+            ingest.port,
         )
-    publisher = Connecting(nats_url)
+    connecting = Connecting(publisher.nats)
     nc = None
     runner: web.AppRunner | None = None
     try:
         app = make_app(
-            publisher,
-            max_body=max_body,
-            max_batch=max_batch,
+            connecting,
+            max_body=ingest.max_body,
+            max_batch=ingest.max_batch,
             verifier=verifier,
-            body_timeout=body_timeout,
-            max_concurrent=max_concurrent,
+            body_timeout=ingest.body_timeout,
+            max_concurrent=ingest.max_concurrent,
         )
         # no lingering: the rest of a refused (slow, oversized) body is not read
         runner = web.AppRunner(
-            app, access_log=None, keepalive_timeout=header_timeout, lingering_time=0
+            app, access_log=None, keepalive_timeout=ingest.header_timeout, lingering_time=0
         )
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, ingest.host, ingest.port)
         await site.start()
         for address in runner.addresses:
             log.info("ingest listening on http://%s:%s/v1/events", *address[:2])
-        nc, connected = await open_publisher(
-            nats_url,
-            name="scorecast-ingest",
-            history=history,
-            replicas=replicas,
-            auth=auth,
-            duplicate_window=duplicate_window,
-            feed_id_ttl=feed_id_ttl,
-        )
-        publisher.ready(connected)
+        nc, connected = await open_publisher(publisher, name="scorecast-ingest")
+        connecting.ready(connected)
         await (stop or asyncio.Event()).wait()
     finally:
         if runner is not None:

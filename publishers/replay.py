@@ -26,21 +26,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from scorecast.protocol.nats_auth import ANONYMOUS, NatsAuth
 from scorecast.publishers.connection import open_publisher
 from scorecast.publishers.errors import InvalidFeed, PublishError
 from scorecast.publishers.feed import FeedEvent, check_item, parse_line
-from scorecast.publishers.stream import DUPLICATE_WINDOW, Published, TopicPublisher
+from scorecast.publishers.settings import PublisherSettings, ReplaySettings
+from scorecast.publishers.stream import Published, TopicPublisher
 
 __all__ = ["SAMPLES", "Replayed", "load_feed", "replay", "run_replay", "schedule"]
 
 SAMPLES = Path(__file__).parent / "samples"
-CONNECT_TIMEOUT = 10.0  # seconds before replay gives up on NATS
 
 
 @dataclass(slots=True)
@@ -129,61 +127,39 @@ async def replay(
 
 
 async def run_replay(
-    nats_url: str | Sequence[str],
+    publisher: PublisherSettings,
     path: str | Path,
+    settings: ReplaySettings | None = None,
     *,
-    speed: float = 1.0,
-    history: int = 1000,
-    replicas: int = 1,
-    auth: NatsAuth = ANONYMOUS,
-    duplicate_window: float = DUPLICATE_WINDOW,
-    feed_id_ttl: float | None = None,
-    connect_timeout: float = CONNECT_TIMEOUT,
     report: Callable[[FeedEvent, Published], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> Replayed:
-    """Read and check ``path``, connect (giving up after ``connect_timeout``
-    seconds with :class:`~publishers.errors.NatsUnreachable`), replay, close."""
+    """Read and check ``path``, connect as ``publisher`` says (giving up after
+    ``connect_timeout`` seconds with :class:`~publishers.errors.NatsUnreachable`),
+    replay at ``speed``, close."""
+    settings = settings or ReplaySettings()
     events = load_feed(path)
-    nc, publisher = await open_publisher(
-        nats_url,
-        name="scorecast-replay",
-        history=history,
-        replicas=replicas,
-        auth=auth,
-        duplicate_window=duplicate_window,
-        feed_id_ttl=feed_id_ttl,
-        give_up_after=connect_timeout,
+    nc, topics = await open_publisher(
+        publisher, name="scorecast-replay", give_up_after=settings.connect_timeout
     )
     try:
-        return await replay(publisher, events, speed=speed, report=report, stop=stop)
+        return await replay(topics, events, speed=settings.speed, report=report, stop=stop)
     finally:
         await nc.close()
 
 
-async def replay_command(args: Any, auth: NatsAuth, stop: asyncio.Event) -> int:
+async def replay_command(
+    publisher: PublisherSettings, settings: ReplaySettings, name: str, stop: asyncio.Event
+) -> int:
     """``scorecast replay``: one line per item, a summary, and the exit status
     (0 done, 1 bad lines / NATS unreachable / NATS lost, 2 missing file)."""
-    name = args.file
 
     def report(event: FeedEvent, published: Published) -> None:
         what = "duplicate of" if published.duplicate else "stored as"
         print(f"{name}:{event.line}: {event.topic} {what} seq {published.seq}", flush=True)
 
     try:
-        done = await run_replay(
-            list(args.nats),
-            name,
-            speed=args.speed,
-            history=args.history,
-            replicas=args.replicas,
-            auth=auth,
-            duplicate_window=args.duplicate_window,
-            feed_id_ttl=args.feed_id_ttl,
-            connect_timeout=args.connect_timeout,
-            report=report,
-            stop=stop,
-        )
+        done = await run_replay(publisher, name, settings, report=report, stop=stop)
     except OSError as exc:
         print(f"scorecast replay: {name}: {exc.strerror or exc}", file=sys.stderr)
         return 2

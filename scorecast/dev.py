@@ -10,7 +10,6 @@ killed outright (PR_SET_PDEATHSIG): no orphan keeps the NATS port.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import shutil
@@ -21,32 +20,32 @@ from scorecast.gateway.server import Gateway
 from scorecast.gateway.settings import GatewaySettings
 from scorecast.natsserver import NatsServer, check_free, free_port
 from scorecast.publishers.ingest import run_ingest
+from scorecast.publishers.settings import IngestSettings, PublisherSettings, SimulatorSettings
 from scorecast.publishers.simulator import run_simulator
+from scorecast.stack_settings import DevSettings
 
 __all__ = ["run_dev"]
 
-STOP_GRACE = 2.0  # seconds the simulator and ingest get to leave after a signal
 
-
-async def run_dev(args: argparse.Namespace) -> None:
+async def run_dev(settings: DevSettings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     store = tempfile.mkdtemp(prefix="scorecast-dev-")
     nats_server = NatsServer(
-        port=args.nats_port or None,
+        port=settings.nats_port or None,
         store_dir=store,
-        binary=args.nats_server_bin,
+        binary=settings.nats_server_bin,
         die_with_parent=True,
     )
     gateway = Gateway(
-        GatewaySettings(nats=(nats_server.url,), host=args.host, port=args.port, node="dev")
+        GatewaySettings(nats=(nats_server.url,), host=settings.host, port=settings.port, node="dev")
     )
-    ingest_port = args.ingest_port or free_port(args.host)
+    ingest_port = settings.ingest_port or free_port(settings.host)
     helpers: list[asyncio.Task] = []
     try:
-        check_free(args.host, ingest_port, "ingest")
+        check_free(settings.host, ingest_port, "ingest")
         nats_server.start()
         starting = loop.create_task(gateway.start())
         stopped = loop.create_task(stop.wait())
@@ -57,24 +56,23 @@ async def run_dev(args: argparse.Namespace) -> None:
             await asyncio.wait([starting])
             return
         starting.result()  # a gateway port that cannot be bound raises here
+        publisher = PublisherSettings(nats=(nats_server.url,))
         ingest = loop.create_task(
-            run_ingest(nats_server.url, host=args.host, port=ingest_port, stop=stop)
+            run_ingest(publisher, IngestSettings(host=settings.host, port=ingest_port), stop=stop)
         )
         helpers.append(ingest)
-        await _listening(ingest, args.host, ingest_port)
+        await _listening(ingest, settings.host, ingest_port, settings.ingest_ready_timeout)
         print(f"NATS:      {nats_server.url}", flush=True)
-        print(f"WebSocket: ws://{args.host}:{gateway.port}/ws", flush=True)
-        print(f"Page:      http://{args.host}:{gateway.port}/", flush=True)
-        print(f"Ingest:    http://{args.host}:{ingest_port}/v1/events", flush=True)
+        print(f"WebSocket: ws://{settings.host}:{gateway.port}/ws", flush=True)
+        print(f"Page:      http://{settings.host}:{gateway.port}/", flush=True)
+        print(f"Ingest:    http://{settings.host}:{ingest_port}/v1/events", flush=True)
         helpers.append(
             loop.create_task(
                 run_simulator(
-                    nats_server.url,
-                    matches=args.matches,
-                    minute_seconds=args.minute_seconds,
-                    seed=None,
-                    history=1000,
-                    replicas=1,
+                    publisher,
+                    SimulatorSettings(
+                        matches=settings.matches, minute_seconds=settings.minute_seconds
+                    ),
                     stop=stop,
                 )
             )
@@ -88,7 +86,7 @@ async def run_dev(args: argparse.Namespace) -> None:
     finally:
         stop.set()
         if helpers:
-            _, late = await asyncio.wait(helpers, timeout=STOP_GRACE)
+            _, late = await asyncio.wait(helpers, timeout=settings.stop_grace)
             for helper in late:
                 helper.cancel()
             if late:
@@ -100,7 +98,7 @@ async def run_dev(args: argparse.Namespace) -> None:
             loop.remove_signal_handler(signum)
 
 
-async def _listening(ingest: asyncio.Task, host: str, port: int, timeout: float = 15.0) -> None:
+async def _listening(ingest: asyncio.Task, host: str, port: int, timeout: float) -> None:
     """Return once ingest answers ``/readyz`` with 200 (listening and connected
     to NATS), so the first POST to the printed URL is stored; its error if it
     failed first."""

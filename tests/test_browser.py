@@ -26,6 +26,7 @@ from scorecast.gateway.settings import GatewaySettings
 from scorecast.natsserver import NatsServer, free_port
 from scorecast.protocol.merge_patch import diff
 from scorecast.publishers.football import live_line
+from scorecast.publishers.settings import PublisherSettings, SimulatorSettings
 from tests.support import RawPublisher
 
 CHROMIUM = "/usr/bin/chromium"
@@ -231,12 +232,8 @@ async def save_screenshot(path: Path) -> None:
     try:
         simulator = asyncio.create_task(
             run_simulator(
-                nats_server.url,
-                matches=6,
-                minute_seconds=0.15,
-                seed=7,
-                history=1000,
-                replicas=1,
+                PublisherSettings(nats=(nats_server.url,)),
+                SimulatorSettings(matches=6, minute_seconds=0.15, seed=7),
                 stop=stop,
             )
         )

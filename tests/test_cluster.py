@@ -23,6 +23,7 @@ from scorecast.gateway.server import Gateway
 from scorecast.gateway.settings import GatewaySettings
 from scorecast.protocol import STREAM_NAME
 from scorecast.protocol.nats_auth import NatsAuth
+from scorecast.stack_settings import ClusterSettings
 from tests.support import RawPublisher, Recorder, check_sequence
 
 TOPICS = ("match.1", "match.2")
@@ -170,11 +171,13 @@ async def test_run_cluster_serves_the_simulation(capsys):
     stop = asyncio.Event()
     running = asyncio.create_task(
         run_cluster(
-            port=0,
-            gateways=2,
-            matches=2,
-            minute_seconds=0.05,
-            nats_server_bin=os.environ.get("NATS_SERVER_BIN"),
+            ClusterSettings(
+                port=0,
+                gateways=2,
+                matches=2,
+                minute_seconds=0.05,
+                nats_server_bin=os.environ.get("NATS_SERVER_BIN"),
+            ),
             stop=stop,
         )
     )

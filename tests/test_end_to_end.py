@@ -9,6 +9,7 @@ import orjson
 from scorecast.protocol import STREAM_NAME
 from scorecast.protocol.merge_patch import apply_patch
 from scorecast.protocol.topics import subject_for
+from scorecast.publishers.settings import PublisherSettings, SimulatorSettings
 from scorecast.publishers.simulator import run_simulator
 from tests.support import Recorder, check_sequence, scrape_metrics, ws_url
 
@@ -27,10 +28,11 @@ async def test_simulator_to_fifty_clients_in_order_and_gap_free(nats_server, gat
     stop = asyncio.Event()
     simulator = asyncio.create_task(
         run_simulator(
-            nats_server.url, matches=6, minute_seconds=0.01, seed=7, history=1000,
-            replicas=1, stop=stop,
+            PublisherSettings(nats=(nats_server.url,)),
+            SimulatorSettings(matches=6, minute_seconds=0.01, seed=7),
+            stop=stop,
         )
-    )  # fmt: skip
+    )
     await asyncio.sleep(0.5)  # the stream exists and matches are under way
     clients = []
     for index in range(50):

@@ -67,7 +67,7 @@ async def test_recovery_on_a_node_that_just_loaded_the_topic_reads_jetstream(mak
 
 
 async def test_since_older_than_memory_is_read_from_jetstream_once(make_gateway, js):
-    gw = await make_gateway(history=4)
+    gw = await make_gateway(replay_buffer=4)
     publisher = RawPublisher(js)
     await publish_many(publisher, "match.2", 20)
     warm = await subscribed(gw, ["match.2"])  # the topic is live at this node
@@ -93,7 +93,7 @@ async def test_since_older_than_memory_is_read_from_jetstream_once(make_gateway,
 async def test_since_older_than_the_stream_or_ahead_gets_a_snapshot(make_gateway, nc):
     js = nc.jetstream()
     await create_stream(js, history=5)
-    gw = await make_gateway(history=2)
+    gw = await make_gateway(replay_buffer=2)
     publisher = RawPublisher(js)
     await publish_many(publisher, "match.3", 12)
     old = await subscribed(gw, ["match.3"], since={"match.3": 1})

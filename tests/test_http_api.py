@@ -80,7 +80,7 @@ async def test_invalid_topic_and_tokens(make_gateway, js):
 
 
 async def test_events_since_replays_or_answers_a_snapshot(make_gateway, js):
-    gw = await make_gateway(history=4)
+    gw = await make_gateway(replay_buffer=4)
     publisher = RawPublisher(js)
     for n in range(10):
         await publisher.publish("match.3", {"n": n})

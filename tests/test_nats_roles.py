@@ -30,6 +30,7 @@ from scorecast.natsserver import NatsServer, find_nats_server, free_port
 from scorecast.protocol.nats_auth import NatsAuth
 from scorecast.publishers.connection import open_publisher
 from scorecast.publishers.errors import NatsUnreachable
+from scorecast.publishers.settings import PublisherSettings
 from tests.support import Recorder, start_gateway
 from tests.test_publishers_stream import stored_messages
 
@@ -79,12 +80,17 @@ async def test_anonymous_and_wrong_password_are_refused(secured_nats):
 
 async def test_a_publisher_without_credentials_gives_up_naming_the_url(secured_nats):
     with pytest.raises(NatsUnreachable, match=secured_nats.url):
-        await open_publisher(secured_nats.url, name="t", history=10, replicas=1, give_up_after=2.0)
+        await open_publisher(
+            PublisherSettings(nats=(secured_nats.url,), stream_history=10),
+            name="t",
+            give_up_after=2.0,
+        )
 
 
 async def test_publisher_and_gateway_roles_end_to_end(secured_nats):
     nc, publisher = await open_publisher(
-        secured_nats.url, name="t", history=100, replicas=1, auth=PUBLISHER
+        PublisherSettings(nats=(secured_nats.url,), stream_history=100).with_auth(PUBLISHER),
+        name="t",
     )
     port = free_port()
     gateway = None
@@ -132,7 +138,8 @@ async def test_publisher_and_gateway_roles_end_to_end(secured_nats):
 
 async def test_the_gateway_role_cannot_publish_scores_or_change_the_stream(secured_nats):
     nc, publisher = await open_publisher(
-        secured_nats.url, name="t", history=100, replicas=1, auth=PUBLISHER
+        PublisherSettings(nats=(secured_nats.url,), stream_history=100).with_auth(PUBLISHER),
+        name="t",
     )
     errors: list[Exception] = []
     gateway = await _connect(secured_nats.url, GATEWAY, errors)
@@ -266,7 +273,9 @@ async def test_publisher_over_tls_with_its_ca(tmp_path):
     try:
         auth = NatsAuth(user="publisher", password="publisher-secret", tls_ca=str(ca))
         nc, publisher = await open_publisher(
-            server.url, name="t", history=10, replicas=1, auth=auth, give_up_after=10
+            PublisherSettings(nats=(server.url,), stream_history=10).with_auth(auth),
+            name="t",
+            give_up_after=10,
         )
         try:
             assert (await publisher.publish("match.1", "clock", {"minute": 1})).seq == 1
@@ -274,9 +283,15 @@ async def test_publisher_over_tls_with_its_ca(tmp_path):
             await nc.close()
         with pytest.raises(NatsUnreachable):  # without the CA the server is not trusted
             await open_publisher(
-                server.url, name="t", history=10, replicas=1, give_up_after=2,
-                auth=NatsAuth(user="publisher", password="publisher-secret"),
-            )  # fmt: skip
+                PublisherSettings(
+                    nats=(server.url,),
+                    stream_history=10,
+                    nats_user="publisher",
+                    nats_password="publisher-secret",
+                ),
+                name="t",
+                give_up_after=2,
+            )
     finally:
         server.stop()
 

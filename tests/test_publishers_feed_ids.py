@@ -18,6 +18,7 @@ from scorecast.protocol.topics import subject_for
 from scorecast.publishers.errors import FeedIdConflict
 from scorecast.publishers.feed_ids import BUCKET, FeedIds, key_for
 from scorecast.publishers.replay import SAMPLES, load_feed, replay, run_replay
+from scorecast.publishers.settings import PublisherSettings, ReplaySettings
 from scorecast.publishers.stream import TopicPublisher, ensure_stream
 from tests.test_publishers_stream import assert_topic_log, stored_messages
 
@@ -35,12 +36,20 @@ async def publisher_on(url: str, *, ttl: float | None = None) -> tuple[nats.NATS
 
 async def test_a_feed_replayed_after_the_window_stores_nothing_new(nats_server, nc):
     events = load_feed(DERBY)
-    first = await run_replay(nats_server.url, DERBY, speed=0, duplicate_window=WINDOW)
+    first = await run_replay(
+        PublisherSettings(nats=(nats_server.url,), duplicate_window=WINDOW),
+        DERBY,
+        ReplaySettings(speed=0),
+    )
     assert (first.stored, first.duplicates) == (len(events), 0)
     stored = await stored_messages(nc.jetstream())
     await asyncio.sleep(WINDOW * 3)
 
-    again = await run_replay(nats_server.url, DERBY, speed=0, duplicate_window=WINDOW)
+    again = await run_replay(
+        PublisherSettings(nats=(nats_server.url,), duplicate_window=WINDOW),
+        DERBY,
+        ReplaySettings(speed=0),
+    )
     assert (again.stored, again.duplicates) == (0, len(events))
     # each repeat names the event it was stored as
     assert [p.seq for _, p in again.results] == [p.seq for _, p in first.results]

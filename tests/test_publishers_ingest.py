@@ -15,6 +15,7 @@ from scorecast.natsserver import free_port
 from scorecast.publishers.errors import InvalidFeed
 from scorecast.publishers.feed import Unreadable, check_batch, check_item, split_batch
 from scorecast.publishers.ingest import make_app, run_ingest
+from scorecast.publishers.settings import IngestSettings, PublisherSettings
 from scorecast.publishers.stream import TopicPublisher, ensure_stream
 from tests.test_publishers_stream import assert_topic_log, stored_messages
 
@@ -240,13 +241,8 @@ async def test_run_ingest_serves_until_stopped(nats_server, nc):
     stop = asyncio.Event()
     server = asyncio.create_task(
         run_ingest(
-            nats_server.url,
-            host="127.0.0.1",
-            port=port,
-            history=50,
-            replicas=1,
-            max_body=1 << 20,
-            max_batch=1000,
+            PublisherSettings(nats=(nats_server.url,), stream_history=50),
+            IngestSettings(host="127.0.0.1", port=port, max_body=1 << 20, max_batch=1000),
             stop=stop,
         )
     )

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from scorecast.natsserver import free_port
 from scorecast.publishers.feed_ids import FeedIds
 from scorecast.publishers.ingest import feed_verifier, make_app, run_ingest
+from scorecast.publishers.settings import IngestSettings, PublisherSettings
 from scorecast.publishers.stream import TopicPublisher, ensure_stream
 from tests.test_publishers_stream import assert_topic_log, stored_messages
 
@@ -220,10 +221,11 @@ async def served(nats_server):
     stop = asyncio.Event()
     server = asyncio.create_task(
         run_ingest(
-            nats_server.url, port=port, max_body=4096, header_timeout=1.0, body_timeout=1.0,
+            PublisherSettings(nats=(nats_server.url,)),
+            IngestSettings(port=port, max_body=4096, header_timeout=1.0, body_timeout=1.0),
             stop=stop,
         )
-    )  # fmt: skip
+    )
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -282,7 +284,9 @@ async def test_a_slow_request_head_is_cut(served):
 async def test_ingest_without_keys_warns_and_with_keys_wants_tokens(nats_server, caplog):
     port = free_port()
     stop = asyncio.Event()
-    server = asyncio.create_task(run_ingest(nats_server.url, port=port, stop=stop))
+    server = asyncio.create_task(
+        run_ingest(PublisherSettings(nats=(nats_server.url,)), IngestSettings(port=port), stop=stop)
+    )
     await _until_listening(port, server)
     stop.set()
     await asyncio.wait_for(server, 10)
@@ -291,7 +295,11 @@ async def test_ingest_without_keys_warns_and_with_keys_wants_tokens(nats_server,
     caplog.clear()
     stop = asyncio.Event()
     server = asyncio.create_task(
-        run_ingest(nats_server.url, port=port, jwt_secret=SECRET, stop=stop)
+        run_ingest(
+            PublisherSettings(nats=(nats_server.url,)),
+            IngestSettings(port=port, jwt_secret=SECRET),
+            stop=stop,
+        )
     )
     await _until_listening(port, server)
     try:

@@ -12,6 +12,7 @@ import pytest
 from scorecast.publishers.errors import InvalidFeed
 from scorecast.publishers.feed import FeedEvent
 from scorecast.publishers.replay import SAMPLES, load_feed, replay, run_replay, schedule
+from scorecast.publishers.settings import PublisherSettings, ReplaySettings
 from scorecast.publishers.stream import TopicPublisher, ensure_stream
 from tests.test_publishers_stream import assert_topic_log, stored_messages
 
@@ -85,8 +86,9 @@ async def test_run_replay_connects_creates_the_stream_and_dedupes_ids(nats_serve
         tmp_path / "ids.ndjson",
         [{"topic": "match.1", "kind": "goal", "data": {"home": n}, "id": f"g{n}"} for n in (1, 2)],
     )
-    first = await run_replay(nats_server.url, path, speed=0, history=100, replicas=1)
-    again = await run_replay(nats_server.url, path, speed=0, history=100, replicas=1)
+    publisher = PublisherSettings(nats=(nats_server.url,), stream_history=100)
+    first = await run_replay(publisher, path, ReplaySettings(speed=0))
+    again = await run_replay(publisher, path, ReplaySettings(speed=0))
     assert (first.stored, first.duplicates) == (2, 0)
     assert (again.stored, again.duplicates) == (0, 2)
     js = nc.jetstream()

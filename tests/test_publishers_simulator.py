@@ -14,6 +14,7 @@ import pytest
 
 from scorecast.protocol.merge_patch import apply_patch
 from scorecast.publishers.football import KEPT_EVENTS, League, Match, league_teams, live_line
+from scorecast.publishers.settings import PublisherSettings, SimulatorSettings
 from scorecast.publishers.simulator import LIVE_TOPIC, Simulator, run_simulator
 from scorecast.publishers.stream import TopicPublisher, ensure_stream
 from tests.test_publishers_stream import assert_topic_log, stored_messages
@@ -284,14 +285,8 @@ async def test_load_mode_paces_events_by_rate(nc, js):
 async def test_run_simulator_connects_and_creates_the_stream(nats_server, nc):
     await asyncio.wait_for(
         run_simulator(
-            nats_server.url,
-            matches=1,
-            minute_seconds=0.001,
-            seed=3,
-            history=500,
-            replicas=1,
-            stop=None,
-            loops=False,
+            PublisherSettings(nats=(nats_server.url,), stream_history=500),
+            SimulatorSettings(matches=1, minute_seconds=0.001, seed=3, loops=False),
         ),
         timeout=20,
     )
