@@ -2,24 +2,27 @@
 
 The folders gateway/, protocol/, publishers/, client/ and loadtest/ are installed
 as scorecast.gateway, ... through setuptools' package-dir, and the editable
-install resolves them with an import hook that mypy cannot follow. So this
-script lays the namespace out as mypy expects it: a tree of symlinks in
-.venv/typecheck/scorecast/ (a directory link per mapped folder, a link per
-entry of scorecast/ itself), rebuilt from the package-dir tables of the
-pyproject files on every run, so files added later are seen at once. mypy
-reads it through `mypy_path` ([tool.mypy] in pyproject.toml) and checks
-`-p scorecast`; the paths in its report are turned back into the real ones
-(gateway/core.py, not .venv/typecheck/scorecast/gateway/core.py).
+install resolves them with an import hook that mypy cannot follow (with
+ignore_missing_imports every `from scorecast.gateway.core import X` would be
+Any, hiding most errors). So this script lays the namespace out as mypy
+expects it: a tree of symlinks in .venv/typecheck/scorecast/ (a directory link
+per mapped folder, a link per entry of scorecast/ itself), brought in line with
+the package-dir tables of the pyproject files on every run, so files added
+later are seen at once. mypy reads it through `mypy_path` ([tool.mypy] in
+pyproject.toml) and checks `-p scorecast`; the paths in its report are turned
+back into the real ones (gateway/core.py, not .venv/typecheck/.../core.py).
 
     .venv/bin/python scripts/typecheck.py                  # everything (make lint)
     .venv/bin/python scripts/typecheck.py gateway/core.py  # the modules of these files
+    .venv/bin/python scripts/typecheck.py --warn-unreachable client/state.py
+                                           # mypy options as --name or --name=value
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import shutil
 import sys
 import tomllib
 from pathlib import Path
@@ -47,21 +50,44 @@ def package_dirs() -> dict[str, Path]:
     return found
 
 
-def build_tree(dirs: dict[str, Path]) -> None:
-    """Symlink each mapped package to its folder under TREE (a real directory of
-    per-entry links where a package has mapped subpackages of its own)."""
-    shutil.rmtree(TREE, ignore_errors=True)
-    for module in sorted(dirs):
-        target = TREE.joinpath(*module.split("."))
-        children = {m.rsplit(".", 1)[1] for m in dirs if m.rpartition(".")[0] == module}
+def wanted_links(dirs: dict[str, Path]) -> dict[Path, Path]:
+    """Each link of the tree -> its target: a package with no mapped
+    subpackages is one link to its folder; one with them is a directory of
+    links to its entries, beside its mapped subpackages."""
+    links: dict[Path, Path] = {}
+    for module, folder in dirs.items():
+        place = TREE.joinpath(*module.split("."))
+        children = {m.rpartition(".")[2] for m in dirs if m.rpartition(".")[0] == module}
         if not children:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(dirs[module], target_is_directory=True)
+            links[place] = folder
             continue
-        target.mkdir(parents=True, exist_ok=True)
-        for entry in dirs[module].iterdir():
+        for entry in folder.iterdir():
             if entry.name not in children and entry.name != "__pycache__":
-                (target / entry.name).symlink_to(entry)
+                links[place / entry.name] = entry
+    return links
+
+
+def build_tree(dirs: dict[str, Path]) -> None:
+    """Bring TREE in line with the package-dir tables: links made, fixed or
+    removed as needed (a no-op when nothing changed; safe to run twice at once)."""
+    links = wanted_links(dirs)
+    keep = set(links) | {parent for link in links for parent in link.parents}
+    # stale entries go; the walk never enters a link, so nothing it points to is touched
+    for top, folders, files in os.walk(TREE, topdown=False):
+        for name in [*folders, *files]:
+            path = Path(top, name)
+            if path in keep:
+                continue
+            with contextlib.suppress(OSError):
+                path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+    for link, target in links.items():
+        if link.is_symlink() and link.readlink() == target:
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        with contextlib.suppress(FileExistsError):  # another run made it meanwhile
+            link.symlink_to(target, target_is_directory=target.is_dir())
 
 
 def module_of(file: str, dirs: dict[str, Path]) -> str:
