@@ -558,7 +558,7 @@ class ScorecastClient:
 
     # --- fan-out to the application -------------------------------------------
 
-    def _occupancy(self, message: dict) -> None:
+    def _occupancy(self, message: dict[str, Any]) -> None:
         topic, subscribers = message.get("topic"), message.get("subscribers")
         if topic not in self.state.views or type(subscribers) is not int:
             return

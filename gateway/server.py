@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from http import HTTPStatus
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -164,7 +164,7 @@ class Gateway:
         port: int = self.server.sockets[0].getsockname()[1]
         return port
 
-    def metric_sources(self) -> list[dict]:
+    def metric_sources(self) -> list[dict[str, Any]]:
         own = self.node.figures()
         if self.settings.metrics_dir is None:
             return [own]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
@@ -104,7 +104,7 @@ def sse_entry(frame: bytes, payload: bytes) -> Entry:
     return entry
 
 
-def _frames(data: bytes):
+def _frames(data: bytes) -> Iterator[tuple[bytes, bytes]]:
     """(frame, payload) for each unmasked server frame joined in ``data``."""
     size, position = len(data), 0
     while position < size:
