@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import resource
@@ -192,7 +193,7 @@ class Gateway:
         self.occupancy.start()
         folder = self.settings.metrics_dir
         if folder is not None:
-            publish = lambda: self._publish_figures(folder)  # noqa: E731
+            publish = functools.partial(self._publish_figures, folder)
             self._tasks.append(supervisor.loop("figure publishing", publish))
         log.info("gateway %s listening on port %s", self.settings.node, self.port)
         # wait (quietly, cancellably) until a server answers, then connect;
@@ -239,8 +240,8 @@ class Gateway:
             if not self.connections:
                 break
             await asyncio.sleep(0.05)
-        for client in list(self.connections):
-            _abort(client)
+        for peer in list(self.connections):
+            _abort(peer)
         for answer in list(self.answering):
             answer.cancel()
         await self.node.stop()
