@@ -38,7 +38,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -71,12 +71,26 @@ __all__ = [
 log = logging.getLogger("scorecast.client")
 
 TokenSource = str | Callable[[], str | Awaitable[str]] | None
-_CLOSED = object()
+
+
+class _End(enum.Enum):
+    CLOSED = "closed"  # put in every updates() queue when the client stops
+
+
+_CLOSED: Final = _End.CLOSED
 GAP_BATCH = 0.01  # gaps seen within this many seconds of the first: one resubscribe
 RATE_LIMITED_RETRY, RATE_LIMITED_RETRY_MAX = 1.0, 30.0  # seconds, doubling, jittered
 
 
 _CONNECTION_CODES = {"connection_failed", "handshake_refused", "client_failed"}
+
+
+class Socket(Protocol):
+    """What the connection loop needs of an open connection: a websockets
+    ``ClientConnection``, or the SSE client's stream."""
+
+    async def send(self, message: str, /) -> None: ...
+    async def close(self, code: int = ..., reason: str = ...) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +203,9 @@ class ScorecastClient:
         # the last handshake refusal: (HTTP status, Retry-After seconds or None)
         self.last_refusal: tuple[int, float | None] | None = None
         self.failure: ClientFailed | None = None
-        self._ws: ClientConnection | None = None
+        self._ws: Socket | None = None
         self._task: asyncio.Task[None] | None = None
-        self._queues: set[asyncio.Queue[Any]] = set()
+        self._queues: set[asyncio.Queue[Update | _End]] = set()
         self._tick = asyncio.Event()
         self._closing = False
         # auth requests in flight: request id -> the future refresh_token awaits
@@ -270,15 +284,15 @@ class ScorecastClient:
         a consumer falls that far behind, its oldest updates are dropped
         (counted in ``dropped_updates``): the views stay exact regardless.
         """
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+        queue: asyncio.Queue[Update | _End] = asyncio.Queue()
         self._queues.add(queue)
         return self._drain(queue)
 
-    async def _drain(self, queue: asyncio.Queue[Any]) -> AsyncIterator[Update]:
+    async def _drain(self, queue: asyncio.Queue[Update | _End]) -> AsyncIterator[Update]:
         try:
             while True:
                 if (self._closing or self.failure is not None) and queue.empty():
-                    item = _CLOSED
+                    item: Update | _End = _CLOSED
                 else:
                     item = await queue.get()
                 if item is _CLOSED:
@@ -366,7 +380,7 @@ class ScorecastClient:
             return None  # backoff
         return max(wait, self.backoff.delay(attempt))
 
-    async def _connect(self) -> ClientConnection:
+    async def _connect(self) -> Socket:
         url, headers = self.url, {}
         token = self.token() if callable(self.token) else self.token
         if inspect.isawaitable(token):
@@ -390,8 +404,9 @@ class ScorecastClient:
         except InvalidURI as exc:
             raise ClientFailed(str(exc)) from None
 
-    async def _session(self, ws: ClientConnection) -> tuple[float | None, bool]:
+    async def _session(self, ws: Socket) -> tuple[float | None, bool]:
         """Serve one connection; (seconds a reconnect hint asks to wait, welcomed)."""
+        assert isinstance(ws, ClientConnection)  # what _connect opened
         self._ws = ws
         hint_at: float | None = None
         welcomed = False
@@ -543,7 +558,7 @@ class ScorecastClient:
 
     # --- fan-out to the application -------------------------------------------
 
-    def _occupancy(self, message: dict) -> None:
+    def _occupancy(self, message: dict[str, Any]) -> None:
         topic, subscribers = message.get("topic"), message.get("subscribers")
         if topic not in self.state.views or type(subscribers) is not int:
             return
@@ -563,7 +578,7 @@ class ScorecastClient:
             except Exception:
                 log.exception("on_update raised; the client goes on")
 
-    def _wake(self, item: Any) -> None:
+    def _wake(self, item: Update | _End) -> None:
         tick, self._tick = self._tick, asyncio.Event()
         tick.set()
         for queue in self._queues:
@@ -612,6 +627,7 @@ async def run_watch(
     if not topics:
         raise ValueError("name at least one topic to watch, e.g. football.live")
     seen = 0
+    opened: ScorecastClient
     if sse:
         from scorecast.client.sse import SseClient
 

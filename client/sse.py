@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -31,6 +32,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response
 
 from scorecast.client import ClientFailed, ScorecastClient, Status
+from scorecast.client.connection import Socket
 from scorecast.client.state import (
     Authed,
     GatewayError,
@@ -131,8 +133,9 @@ class SseClient(ScorecastClient):
             raise InvalidStatus(Response(response.status, response.reason or "", refusal, body))
         return _Stream(session, response)
 
-    async def _session(self, ws: _Stream) -> tuple[float | None, bool]:
+    async def _session(self, ws: Socket) -> tuple[float | None, bool]:
         """Serve one stream; (seconds a reconnect hint asks to wait, welcomed)."""
+        assert isinstance(ws, _Stream)  # what _connect opened
         self._ws = ws
         hint_at: float | None = None
         welcomed = False
@@ -181,9 +184,12 @@ class SseClient(ScorecastClient):
         return (None if hint_at is None else max(0.0, hint_at - loop.time())), welcomed
 
 
-async def _events(response: aiohttp.ClientResponse):
+async def _events(
+    response: aiohttp.ClientResponse,
+) -> AsyncIterator[tuple[str, str | None, str]]:
     """(event, id, data) for each SSE message; ("retry", None, ms) for retry fields."""
-    event, data, ident = "message", [], None
+    event, ident = "message", None
+    data: list[str] = []
     async for raw in response.content:
         line = raw.decode().rstrip("\r\n")
         if not line:

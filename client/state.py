@@ -268,7 +268,8 @@ class ClientState:
         if not isinstance(message, dict):
             self.counters.bad_frames += 1
             return []
-        handler = self._handlers.get(message.get("type"))
+        kind = message.get("type")
+        handler = self._handlers.get(kind) if isinstance(kind, str) else None
         if handler is None:  # unknown types are ignored: the gateway may grow
             return []
         try:
@@ -277,7 +278,7 @@ class ClientState:
             self.counters.bad_frames += 1
             return []
 
-    def _on_event(self, message: dict) -> list[Output]:
+    def _on_event(self, message: dict[str, Any]) -> list[Output]:
         view = self._live_view(message["topic"])
         if view is None:
             return []
@@ -306,7 +307,7 @@ class ClientState:
         self._queued[view.topic] = None
         return []
 
-    def _on_snapshot(self, message: dict) -> list[Output]:
+    def _on_snapshot(self, message: dict[str, Any]) -> list[Output]:
         view = self._live_view(message["topic"])
         if view is None:
             return []
@@ -319,7 +320,7 @@ class ClientState:
         view.seq, view.state, view.ts = seq, state, message.get("ts")
         return [Update(view.topic, seq, "snapshot", state, None, view.ts, snapshot=True)]
 
-    def _on_subscribed(self, message: dict) -> list[Output]:
+    def _on_subscribed(self, message: dict[str, Any]) -> list[Output]:
         request = self._requests.pop(_int(message["id"]), None)
         if request is None:
             return []
@@ -339,10 +340,12 @@ class ClientState:
         text = "; ".join(request.refusals) or "not allowed by the token"
         return [GatewayError("forbidden", text, message["id"], tuple(refused))]
 
-    def _on_error(self, message: dict) -> list[Output]:
+    def _on_error(self, message: dict[str, Any]) -> list[Output]:
         request_id = message.get("id")
         code, text = str(message.get("code")), str(message.get("message", ""))
-        request = self._requests.get(request_id) if isinstance(request_id, int) else None
+        if not isinstance(request_id, int):  # an error about no request of ours
+            return [GatewayError(code, text, request_id)]
+        request = self._requests.get(request_id)
         if request is None or request.kind != "subscribe":
             return [GatewayError(code, text, request_id)]
         if code == "forbidden":
@@ -369,29 +372,33 @@ class ClientState:
                 del self.views[topic]
         return [GatewayError(code, text, request_id, tuple(refused))]
 
-    def _on_authed(self, message: dict) -> list[Output]:
+    def _on_authed(self, message: dict[str, Any]) -> list[Output]:
         request_id = message["id"]
         self._requests.pop(request_id, None)
         return [Authed(_int(request_id), _int(message["exp"]))]
 
-    def _on_pong(self, message: dict) -> list[Output]:
-        self._pings.pop(message.get("id"), None)
+    def _on_pong(self, message: dict[str, Any]) -> list[Output]:
+        request_id = message.get("id")
+        if isinstance(request_id, int):
+            self._pings.pop(request_id, None)
         return []
 
-    def _on_welcome(self, message: dict) -> list[Output]:
+    def _on_welcome(self, message: dict[str, Any]) -> list[Output]:
         heartbeat = message.get("heartbeat")
         self.session, self.node = str(message.get("session")), str(message.get("node"))
         self.heartbeat = float(heartbeat) if isinstance(heartbeat, int | float) else None
         protocol = message.get("protocol")
         return [Welcomed(self.session, self.node, self.heartbeat, protocol)]
 
-    def _on_reconnect(self, message: dict) -> list[Output]:
+    def _on_reconnect(self, message: dict[str, Any]) -> list[Output]:
         after_ms = message.get("after_ms")
         after_ms = max(0, int(after_ms)) if isinstance(after_ms, int | float) else 0
         return [ReconnectHint(after_ms, str(message.get("reason", "")))]
 
-    def _on_unsubscribed(self, message: dict) -> list[Output]:
-        self._requests.pop(message.get("id"), None)
+    def _on_unsubscribed(self, message: dict[str, Any]) -> list[Output]:
+        request_id = message.get("id")
+        if isinstance(request_id, int):
+            self._requests.pop(request_id, None)
         return []
 
     _handlers = {  # a class-level dispatch table: type -> handler

@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs
 
 import msgspec
@@ -118,7 +118,9 @@ class TopicsApi:
         scope = "private" if self.gateway.node.verifier is not None else "public"
         return f"{scope}, max-age={self.gateway.settings.http_max_age:g}"
 
-    def answer(self, request: Request, grant_allows, headers: list[tuple[str, str]]):
+    def answer(
+        self, request: Request, grant_allows: Callable[[str], bool], headers: list[tuple[str, str]]
+    ) -> Response | Deferred:
         """A Response, or a Deferred one, for an admitted ``/v1/topics`` request."""
         self.requests += 1
         path, _, query = request.path.partition("?")
@@ -138,7 +140,9 @@ class TopicsApi:
 
     # --- snapshot -------------------------------------------------------------
 
-    def _snapshot(self, name: str, if_none_match: str | None, headers):
+    def _snapshot(
+        self, name: str, if_none_match: str | None, headers: list[tuple[str, str]]
+    ) -> Response | Deferred:
         topic = self.gateway.node.hub.topic(name)
         if topic is not None and topic.ready:
             return self._snapshot_response(
@@ -154,21 +158,34 @@ class TopicsApi:
 
         return Deferred(later())
 
-    def _latest_response(self, name, latest: Envelope | None, if_none_match, headers) -> Response:
+    def _latest_response(
+        self,
+        name: str,
+        latest: Envelope | None,
+        if_none_match: str | None,
+        headers: list[tuple[str, str]],
+    ) -> Response:
         if latest is None:
             return self._snapshot_response(name, 0, None, NULL, if_none_match, headers)
         return self._snapshot_response(
             name, latest.seq, latest.ts, latest.state, if_none_match, headers
         )
 
-    def _snapshot_response(self, name, seq, ts, state, if_none_match, headers) -> Response:
+    def _snapshot_response(
+        self,
+        name: str,
+        seq: int,
+        ts: float | None,
+        state: msgspec.Raw,
+        if_none_match: str | None,
+        headers: list[tuple[str, str]],
+    ) -> Response:
         etag = f'"{seq}"'
         if _matches(if_none_match, etag):
             response = _response(HTTPStatus.NOT_MODIFIED, b"", None)
             del response.headers["Content-Length"]
         else:
-            occupancy = self.gateway.occupancy
-            subscribers = occupancy.count(name) if occupancy is not None else 0
+            subscribers = self.gateway.occupancy.count(name)
             body = encode(TopicSnapshot(name, seq, ts, state, subscribers))
             response = _response(HTTPStatus.OK, body, "application/json")
         response.headers["ETag"] = etag
@@ -177,7 +194,7 @@ class TopicsApi:
             response.headers[header] = value
         return response
 
-    def _kept_latest(self, name: str) -> Envelope | bool | None:
+    def _kept_latest(self, name: str) -> Envelope | Literal[False] | None:
         """A kept read of ``name`` still fresh, or False."""
         kept = self._kept.get(name)
         if kept is None or kept[0] < time.monotonic():
@@ -213,7 +230,7 @@ class TopicsApi:
 
     # --- events ---------------------------------------------------------------
 
-    def _events(self, name: str, since: int, headers):
+    def _events(self, name: str, since: int, headers: list[tuple[str, str]]) -> Response | Deferred:
         topic = self.gateway.node.hub.topic(name)
         if topic is not None and topic.ready:
             frames = topic.frames_since(since)
@@ -239,7 +256,10 @@ class TopicsApi:
             if since == seq:
                 return self._json(name, b'"events":[]', headers)
             if since < seq <= since + MAX_REPLAY:
-                found = await self.gateway.node.broker.fetch(name, since + 1, seq)
+                broker = self.gateway.node.broker
+                if broker is None:  # answered 503, as a failed read is
+                    raise ConnectionError("not connected to NATS")
+                found = await broker.fetch(name, since + 1, seq)
                 if [envelope.seq for envelope in found] == list(range(since + 1, seq + 1)):
                     events = [encode(_event(name, envelope)) for envelope in found]
                     return self._json(name, b'"events":[' + b",".join(events) + b"]", headers)
@@ -247,7 +267,7 @@ class TopicsApi:
 
         return Deferred(later())
 
-    def _json(self, name: str, field: bytes, headers) -> Response:
+    def _json(self, name: str, field: bytes, headers: list[tuple[str, str]]) -> Response:
         body = b'{"topic":' + msgspec.json.encode(name) + b"," + field + b"}"
         response = _response(HTTPStatus.OK, body, "application/json")
         response.headers["Cache-Control"] = self.cache_control()

@@ -16,6 +16,7 @@ first scrape (0), so that ``rate()`` sees the first refusal.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -92,7 +93,7 @@ REFUSAL_REASONS = ("capacity", "draining", "global_rate", "ip_rate", "origin", "
 class StatsCollector(Collector):
     """Sums the figures of every source (one per worker process)."""
 
-    def __init__(self, sources: Callable[[], list[dict]]) -> None:
+    def __init__(self, sources: Callable[[], list[dict[str, Any]]]) -> None:
         self.sources = sources
 
     def collect(self) -> Iterable[Metric]:
@@ -130,7 +131,7 @@ class StatsCollector(Collector):
         yield _latency(figures)
 
 
-def _latency(figures: list[dict]) -> Metric:
+def _latency(figures: list[dict[str, Any]]) -> Metric:
     counts = [0] * (len(LATENCY_BUCKETS) + 1)
     total = 0.0
     for figure in figures:
@@ -149,7 +150,7 @@ def _latency(figures: list[dict]) -> Metric:
     )
 
 
-def render(sources: Callable[[], list[dict]]) -> bytes:
+def render(sources: Callable[[], list[dict[str, Any]]]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatsCollector(sources))
     return generate_latest(registry)

@@ -19,12 +19,14 @@ sends or receives.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from typing import Generic, TypeVar
 
 __all__ = ["EXPIRY_INTERVALS", "MIN_GAP", "Fleet", "Reporter", "Watchers"]
 
 EXPIRY_INTERVALS = 3
 MIN_GAP = 2.0
 _NEVER = (-1, float("-inf"))  # the cohort of watchers told nothing yet
+C = TypeVar("C", bound=Hashable)  # a connection, whatever the transport
 
 
 class Reporter:
@@ -89,17 +91,17 @@ class Fleet:
                 totals.pop(topic, None)
 
 
-class Watchers:
+class Watchers(Generic[C]):
     """Who asked for occupancy of which topic, and what each was last told."""
 
     def __init__(self, min_gap: float = MIN_GAP) -> None:
         self.min_gap = min_gap
         # topic -> cohort (value told, when) -> connections
-        self.cohorts: dict[str, dict[tuple[int, float], set[Hashable]]] = {}
+        self.cohorts: dict[str, dict[tuple[int, float], set[C]]] = {}
         # topic -> connection -> its cohort
-        self.keys: dict[str, dict[Hashable, tuple[int, float]]] = {}
+        self.keys: dict[str, dict[C, tuple[int, float]]] = {}
 
-    def watch(self, connection: Hashable, topic: str) -> None:
+    def watch(self, connection: C, topic: str) -> None:
         """Start occupancy of ``topic`` (asking again changes nothing: the
         gap between two frames holds across a resubscribe)."""
         keys = self.keys.get(topic)
@@ -108,7 +110,7 @@ class Watchers:
         self.cohorts.setdefault(topic, {}).setdefault(_NEVER, set()).add(connection)
         self.keys.setdefault(topic, {})[connection] = _NEVER
 
-    def forget(self, connection: Hashable, topic: str) -> None:
+    def forget(self, connection: C, topic: str) -> None:
         keys = self.keys.get(topic)
         if not keys or connection not in keys:
             return
@@ -124,10 +126,10 @@ class Watchers:
     def topics(self) -> list[str]:
         return list(self.keys)
 
-    def watching(self, connection: Hashable, topic: str) -> bool:
+    def watching(self, connection: C, topic: str) -> bool:
         return connection in self.keys.get(topic, ())
 
-    def due(self, topic: str, total: int, now: float) -> list[Hashable]:
+    def due(self, topic: str, total: int, now: float) -> list[C]:
         """The connections to tell ``total`` now (they are then recorded as
         told): those told another value at least ``min_gap`` seconds ago, and
         those told nothing yet."""
@@ -138,7 +140,7 @@ class Watchers:
         ready = [key for key in cohorts if key[0] != total and now - key[1] >= gap]
         if not ready:
             return []
-        owed: list[Hashable] = []
+        owed: list[C] = []
         for key in ready:
             owed.extend(cohorts.pop(key))
         told = (total, now)

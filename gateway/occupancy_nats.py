@@ -21,7 +21,7 @@ import contextlib
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -30,6 +30,7 @@ from scorecast.protocol.codec import encode, text_frame
 from scorecast.protocol.messages import Occupancy
 
 if TYPE_CHECKING:
+    from scorecast.gateway.auth import Grant
     from scorecast.gateway.node import Node
 
 __all__ = ["OCCUPANCY_PREFIX", "OccupancyService", "subject_name"]
@@ -55,6 +56,16 @@ def subject_name(node: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", node) or "node"
 
 
+class Watcher(Protocol):
+    """A connection that can ask for occupancy (WebSocket or SSE)."""
+
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def grant(self) -> Grant: ...
+    def __hash__(self) -> int: ...
+
+
 class OccupancyService:
     def __init__(self, node: Node, name: str, interval: float) -> None:
         self.node = node
@@ -62,7 +73,7 @@ class OccupancyService:
         self.interval = interval
         self.fleet = Fleet(self.name)
         self.reporter = Reporter()
-        self.watchers = Watchers()
+        self.watchers: Watchers[Watcher] = Watchers()
         self.reports_published = 0
         self.reports_received = 0
         self._subscription: Any = None
@@ -70,7 +81,7 @@ class OccupancyService:
 
     # --- what the transports call -------------------------------------------
 
-    def watch(self, connection: Any, topics: list[str], wanted: bool = True) -> None:
+    def watch(self, connection: Watcher, topics: list[str], wanted: bool = True) -> None:
         """``connection`` (un)subscribed ``topics`` with or without occupancy.
         (Connections that leave are forgotten lazily, when next owed a frame.)"""
         watchers = self.watchers

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import resource
 import signal
 import time
+from collections.abc import Iterable
 from http import HTTPStatus
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -72,8 +75,36 @@ def _descriptor_budget() -> int:
     return max(1, soft - FILE_RESERVE)
 
 
-def _older(clients: set[Client], before: float, attribute: str) -> list[Client]:
-    return [client for client in clients if getattr(client, attribute) < before]
+class Peer(Protocol):
+    """A client socket the gateway holds: a WebSocket :class:`Client` or an
+    :class:`SseStream` (which took the socket over from one)."""
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+    @property
+    def opened(self) -> bool: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def started(self) -> float: ...
+    @property
+    def closing_since(self) -> float: ...
+    @property
+    def last_seen(self) -> float: ...
+    def write(self, data: bytes) -> None: ...
+    def close(self, code: int, reason: str) -> None: ...
+
+
+_P = TypeVar("_P", bound=Peer)
+
+
+def _older(peers: Iterable[_P], before: float, attribute: str) -> list[_P]:
+    return [peer for peer in peers if getattr(peer, attribute) < before]
+
+
+def _abort(peer: Peer) -> None:
+    if peer.transport is not None:  # None only before connection_made
+        peer.transport.abort()
 
 
 def _token(request: Request) -> str | None:
@@ -118,21 +149,24 @@ class Gateway:
         self.proxies = TrustedProxies(settings.trusted_proxies)
         self.server: asyncio.Server | None = None
         # every connection, and those still in their opening handshake
-        self.connections: set[Client] = set()
+        self.connections: set[Peer] = set()
         self.handshaking: set[Client] = set()
-        self.closing: set[Client] = set()  # sent a close frame, awaiting the reply
+        self.closing: set[Peer] = set()  # sent a close frame, awaiting the reply
         self._tasks: list[asyncio.Task[None]] = []
         # other transports (gateway.sse, gateway.http_api) and occupancy
         self.occupancy = OccupancyService(self.node, settings.node, settings.occupancy_interval)
         self.topics_api = TopicsApi(self)
-        self.answering: set[asyncio.Task] = set()  # deferred HTTP answers in flight
+        self.answering: set[asyncio.Task[Response]] = set()  # deferred HTTP answers in flight
         self.sse_resumes = 0  # SSE requests resuming with Last-Event-ID
 
     @property
     def port(self) -> int:
-        return self.server.sockets[0].getsockname()[1]
+        if self.server is None:
+            raise RuntimeError("the gateway is not listening: start() first")
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
 
-    def metric_sources(self) -> list[dict]:
+    def metric_sources(self) -> list[dict[str, Any]]:
         own = self.node.figures()
         if self.settings.metrics_dir is None:
             return [own]
@@ -158,8 +192,10 @@ class Gateway:
         supervisor = self.node.supervisor  # restarts a loop that raises, counts it
         self._tasks.append(supervisor.loop("gateway sweep", self._sweep))
         self.occupancy.start()
-        if self.settings.metrics_dir is not None:
-            self._tasks.append(supervisor.loop("figure publishing", self._publish_figures))
+        folder = self.settings.metrics_dir
+        if folder is not None:
+            publish = functools.partial(self._publish_figures, folder)
+            self._tasks.append(supervisor.loop("figure publishing", publish))
         log.info("gateway %s listening on port %s", self.settings.node, self.port)
         # wait (quietly, cancellably) until a server answers, then connect;
         # nats-py reconnects by itself from then on
@@ -205,10 +241,10 @@ class Gateway:
             if not self.connections:
                 break
             await asyncio.sleep(0.05)
-        for client in list(self.connections):
-            client.transport.abort()
-        for task in list(self.answering):
-            task.cancel()
+        for peer in list(self.connections):
+            _abort(peer)
+        for answer in list(self.answering):
+            answer.cancel()
         await self.node.stop()
         await self.occupancy.stop()
         await self.broker.close()
@@ -223,7 +259,7 @@ class Gateway:
         self.handshaking.discard(client)
         self.node.connect(client)
 
-    def connection_lost(self, client: Client) -> None:
+    def connection_lost(self, client: Peer) -> None:
         self.connections.discard(client)
         self.handshaking.discard(client)
         self.closing.discard(client)
@@ -240,24 +276,24 @@ class Gateway:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = time.monotonic()
             for client in _older(self.handshaking, now - settings.handshake_timeout, "started"):
-                client.transport.abort()
-            for client in _older(self.closing, now - settings.close_timeout, "closing_since"):
-                client.transport.abort()
+                _abort(client)
+            for peer in _older(self.closing, now - settings.close_timeout, "closing_since"):
+                _abort(peer)
             if now < next_ping:
                 continue
             # silent since before the previous ping went out, and for two intervals
             silent = min(previous_ping, now - 2 * settings.heartbeat)
             previous_ping, next_ping = now, now + settings.heartbeat
-            for client in list(self.connections):
-                if client.opened and not client.closed:
-                    if client.last_seen < silent:
-                        client.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            for peer in list(self.connections):
+                if peer.opened and not peer.closed:
+                    if peer.last_seen < silent:
+                        peer.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
                     else:
-                        client.write(PING_FRAME)
+                        peer.write(PING_FRAME)
 
-    async def _publish_figures(self) -> None:
+    async def _publish_figures(self, folder: str) -> None:
         while True:
-            write_figures(self.settings.metrics_dir, self.node.figures())
+            write_figures(folder, self.node.figures())
             await asyncio.sleep(FIGURES_INTERVAL)
 
     # --- HTTP -------------------------------------------------------------------
@@ -371,7 +407,7 @@ class Gateway:
             sse = SseRequest.parse(request, settings.max_topics_per_request)
         except ClientError as error:
             return plain(HTTPStatus.BAD_REQUEST, error.message)
-        limit = settings.max_topics_per_connection
+        limit: int | None = settings.max_topics_per_connection  # None: no limit (the node's)
         if limit is not None and len(sse.topics) > limit:
             return plain(HTTPStatus.BAD_REQUEST, f"at most {limit} topics per connection")
         sse.headers = self._cors(request)

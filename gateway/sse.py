@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
@@ -103,7 +104,7 @@ def sse_entry(frame: bytes, payload: bytes) -> Entry:
     return entry
 
 
-def _frames(data: bytes):
+def _frames(data: bytes) -> Iterator[tuple[bytes, bytes]]:
     """(frame, payload) for each unmasked server frame joined in ``data``."""
     size, position = len(data), 0
     while position < size:
@@ -160,6 +161,7 @@ class SseRequest:
     def start(self, client: Client) -> None:
         """Take the socket over from the WebSocket protocol and stream."""
         gateway, transport = client.gateway, client.transport
+        assert transport is not None  # the request came in on it
         gateway.connections.discard(client)
         gateway.handshaking.discard(client)
         stream = SseStream(gateway, transport, client.grant, self.topics, self.since)
@@ -192,7 +194,7 @@ class SseStream(asyncio.Protocol):
         gateway: Gateway,
         transport: asyncio.Transport,
         grant: Grant = OPEN,
-        topics: list[str] = (),
+        topics: Sequence[str] = (),
         since: dict[str, int] | None = None,
     ) -> None:
         since = since or {}
@@ -314,7 +316,7 @@ class SseStream(asyncio.Protocol):
         except ClientError as error:
             node.send_error(self, error)
             return
-        if request.occupancy and gateway.occupancy is not None:
+        if request.occupancy:
             gateway.occupancy.watch(self, allowed)
 
     def data_received(self, data: bytes) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from typing import Any
 
 __all__ = ["LATENCY_BUCKETS", "LATENCY_CEILING", "LATENCY_SKEW", "Stats"]
 
@@ -20,6 +21,32 @@ LATENCY_CEILING = 60.0
 
 
 class Stats:
+    # the counters COUNTERS names, set to 0 in __init__ (declared for mypy)
+    connections_opened: int
+    connections_closed: int
+    messages_in: int
+    invalid_envelopes: int
+    fanouts: int
+    deliveries: int
+    writes: int
+    bytes_out: int
+    errors_sent: int
+    slow_clients: int
+    conflations: int
+    slow_closes: int
+    gaps_detected: int
+    gaps_repaired: int
+    gaps_unrepaired: int
+    snapshots_loaded: int
+    recoveries_memory: int
+    recoveries_jetstream: int
+    abuse_closes: int
+    rate_limited: int
+    stream_resets: int
+    latency_future: int
+    latency_absurd: int
+    slow_bytes_dropped: int
+
     COUNTERS = (
         "connections_opened",
         "connections_closed",
@@ -71,8 +98,8 @@ class Stats:
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, delay)] += 1
         self.latency_sum += delay
 
-    def snapshot(self) -> dict:
-        figures: dict = {name: getattr(self, name) for name in self.COUNTERS}
+    def snapshot(self) -> dict[str, Any]:
+        figures: dict[str, Any] = {name: getattr(self, name) for name in self.COUNTERS}
         figures.update(
             latency_counts=list(self.latency_counts),
             latency_sum=self.latency_sum,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 from scorecast.protocol import SUBJECT_PREFIX
 
@@ -12,7 +13,7 @@ MAX_TOPIC_LENGTH = 200
 _TOPIC = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+){0,7}")
 
 
-def is_valid_topic(topic: object) -> bool:
+def is_valid_topic(topic: object) -> TypeGuard[str]:
     """1 to 8 dot-separated tokens of ``[A-Za-z0-9_-]+``, at most 200 chars."""
     return (
         isinstance(topic, str)

@@ -17,9 +17,11 @@ import asyncio
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import nats
+from nats.js.api import PubAck
 
 from scorecast.natsserver import NatsServer
 from scorecast.publishers.feed_ids import BUCKET, FEED_ID_TTL, FeedIds, key_for
@@ -74,11 +76,13 @@ async def run(args: argparse.Namespace) -> None:
             extra = statistics.mean(with_ids) - statistics.mean(without)
             print(f"{'cost of a feed id':<22} {extra * 1e3:+.3f} ms per publish (mean)")
 
+            process = server.process
+            assert process is not None  # start() returned: it runs
             kv = await js.key_value(BUCKET)
             before_keys = (await js.stream_info(f"KV_{BUCKET}")).state
-            rss_before = _rss_kib(server.process.pid)
+            rss_before = _rss_kib(process.pid)
             value = b'{"topic":"match.1234","seq":123,"ts":1764412345.123,"stream_seq":1234567}'
-            pending: list[asyncio.Future] = []
+            pending: list[Awaitable[PubAck]] = []
             for n in range(args.keys):
                 pending.append(js.publish(f"$KV.{BUCKET}.{key_for(f'fill-{n}')}", value))
                 if len(pending) >= 500:
@@ -88,9 +92,9 @@ async def run(args: argparse.Namespace) -> None:
             await nc.flush()
             await asyncio.sleep(1.0)
             after = (await js.stream_info(f"KV_{BUCKET}")).state
-            rss_written = _rss_kib(server.process.pid)
+            rss_written = _rss_kib(process.pid)
             await asyncio.sleep(args.settle)  # nats-server drops its block caches
-            rss_after = _rss_kib(server.process.pid)
+            rss_after = _rss_kib(process.pid)
             keys = after.messages - before_keys.messages
             disk = (after.bytes - before_keys.bytes) / keys
             memory = (rss_after - rss_before) * 1024 / keys

@@ -316,6 +316,7 @@ class Match:
 
     def _second_half(self) -> list[tuple[str, dict[str, Any]]]:
         self._idle = 0
+        events: list[tuple[str, dict[str, Any]] | None]
         events = [self._apply("period", {"period": "2H", "minute": 45}, period="2H")]
         for team in ("home", "away"):  # managers like to change things at the break
             if self.rng.random() < 0.3:
@@ -410,7 +411,9 @@ class Match:
 
     # --- building patches ---------------------------------------------------------
 
-    def _apply(self, kind: str, patch: dict[str, Any], **details: Any) -> tuple[str, dict]:
+    def _apply(
+        self, kind: str, patch: dict[str, Any], **details: Any
+    ) -> tuple[str, dict[str, Any]]:
         """``patch`` plus this event appended to the state's recent events."""
         event = {"minute": self.state["minute"], "kind": kind, **details}
         if self.state.get("added"):
@@ -432,6 +435,8 @@ def _replay_on(side: _Side, event: dict[str, Any]) -> None:
             side.bench.remove(into)
     elif event.get("kind") == "card":
         player = event.get("player")
+        if not isinstance(player, str):
+            return
         if event.get("card") == "yellow":
             side.booked.add(player)
         elif player in side.on_pitch:

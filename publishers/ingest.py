@@ -158,7 +158,9 @@ class _Ingest:
             challenge = {"WWW-Authenticate": 'Bearer realm="scorecast-ingest"'}
             return _errors(refused.status, refused.problems, headers=challenge, close=True)
         if self._in_flight >= self._max_concurrent:
-            busy = [(None, f"more than {self._max_concurrent} requests at once; retry")]
+            busy: list[tuple[int | None, str]] = [
+                (None, f"more than {self._max_concurrent} requests at once; retry")
+            ]
             return _errors(503, busy, headers={"Retry-After": "1"}, close=True)
         self._in_flight += 1
         try:
@@ -281,7 +283,7 @@ def _check_content_type(request: web.Request) -> None:
 def _check_grant(grant: Grant | None, events: list[FeedEvent]) -> None:
     if grant is None:
         return
-    refused = [
+    refused: list[tuple[int | None, str]] = [
         (index, f"the token does not allow publishing to {event.topic!r}")
         for index, event in enumerate(events)
         if not grant.allows(event.topic)

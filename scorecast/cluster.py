@@ -259,7 +259,7 @@ async def run_cluster(
             cluster.nats_url, replicas=replicas, timeout=s.nats_ready_timeout, auth=roles.publisher
         )
         for index in range(s.gateways):
-            settings = GatewaySettings(
+            gateway = GatewaySettings(
                 nats=tuple(cluster.urls),
                 host=host,
                 port=port + index if port else 0,
@@ -267,7 +267,7 @@ async def run_cluster(
                 nats_user=roles.gateway.user,
                 nats_password=roles.gateway.password,
             )
-            nodes.append(Gateway(settings))
+            nodes.append(Gateway(gateway))
             await nodes[-1].start()
         simulator = asyncio.create_task(
             run_simulator(

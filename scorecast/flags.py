@@ -32,7 +32,7 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = [
     "LOG_LEVELS",
@@ -130,17 +130,17 @@ class Parser(argparse.ArgumentParser):
         self.deprecations: list[str] = []  # from the environment, said if this command runs
         self.register("action", "parsers", _Commands)
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 class _Commands(argparse._SubParsersAction):
     """Subcommands; the one chosen says its environment's deprecations."""
 
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+    def __call__(self, parser, namespace, values, option_string=None):
         chosen = self._name_parser_map.get(values[0]) if values else None
         for line in getattr(chosen, "deprecations", ()):
-            print(f"{chosen.prog}: {line}", file=sys.stderr)
+            print(f"{getattr(chosen, 'prog', '')}: {line}", file=sys.stderr)
         super().__call__(parser, namespace, values, option_string)
 
 
@@ -151,7 +151,7 @@ class _Store(argparse.Action):
         super().__init__(*args, **kwargs)
         self.replaced_by, self.old = replaced_by, old
 
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+    def __call__(self, parser, namespace, values, option_string=None):
         if option_string is not None and option_string == self.old:
             print(
                 f"{parser.prog}: {self.old} is deprecated; use {self.replaced_by}",

@@ -42,7 +42,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     for _ in range(1000):
         with socket.socket() as sock:
             sock.bind((host, 0))
-            port = sock.getsockname()[1]
+            port: int = sock.getsockname()[1]
         if port not in _handed_out:
             _handed_out.add(port)
             return port

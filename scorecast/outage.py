@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 __all__ = ["OutageLog", "display_urls", "split_servers", "wait_for_nats"]
@@ -54,7 +54,7 @@ class OutageLog:
         servers: Sequence[str],
         *,
         every: float = SUMMARY_EVERY,
-        clock=time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.logger, self.who, self.urls = logger, who, display_urls(servers)
         self.every, self.clock = every, clock
