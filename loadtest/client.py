@@ -33,7 +33,7 @@ from scorecast.loadtest.frames import (
     parse_close,
 )
 from scorecast.loadtest.tally import Tally
-from scorecast.loadtest.tracker import Positions, Verdict
+from scorecast.loadtest.tracker import Arrival, Positions
 
 __all__ = ["IP_BIND_ADDRESS_NO_PORT", "StormClient", "Target"]
 
@@ -61,11 +61,11 @@ class _Frame(msgspec.Struct):
 
 _decode = msgspec.json.Decoder(_Frame).decode
 _encode = msgspec.json.Encoder().encode
-_VERDICT_COUNTER = {
-    Verdict.GAP: "gaps",
-    Verdict.DUPLICATE: "duplicates",
-    Verdict.BACKWARDS: "backwards",
-    Verdict.NO_SNAPSHOT: "no_snapshot",
+_ARRIVAL_COUNTER = {
+    Arrival.GAP: "gaps",
+    Arrival.DUPLICATE: "duplicates",
+    Arrival.BACKWARDS: "backwards",
+    Arrival.NO_SNAPSHOT: "no_snapshot",
 }
 
 
@@ -188,8 +188,8 @@ class StormClient(asyncio.Protocol):
                 tally.catch_up += 1
                 tally.window["catch_up"].record(time.time() - frame.ts)
             verdict = self.positions.event(frame.topic, frame.seq)
-            if verdict is not Verdict.OK:
-                counter = _VERDICT_COUNTER[verdict]
+            if verdict is not Arrival.OK:
+                counter = _ARRIVAL_COUNTER[verdict]
                 setattr(tally, counter, getattr(tally, counter) + 1)
         elif kind == "snapshot":
             if self.snapshot_due:

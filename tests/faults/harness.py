@@ -35,7 +35,7 @@ from scorecast.loadtest.frames import (
     close_payload,
     parse_close,
 )
-from scorecast.loadtest.tracker import Positions, Verdict
+from scorecast.loadtest.tracker import Arrival, Positions
 from scorecast.natsserver import free_port
 from scorecast.protocol import STREAM_NAME
 from scorecast.protocol.envelope import encode_envelope, message_id
@@ -197,7 +197,7 @@ class FaultClient(asyncio.Protocol):
             self.events += 1
             topic = frame["topic"]
             verdict = self.positions.event(topic, frame["seq"])
-            if verdict is not Verdict.OK:
+            if verdict is not Arrival.OK:
                 self.verdicts[verdict.value] = self.verdicts.get(verdict.value, 0) + 1
             self.states[topic] = apply_patch(self.states.get(topic), frame["data"])
         elif kind == "snapshot":
