@@ -19,11 +19,11 @@ import nats
 
 from scorecast.loadtest.bench_config import BenchConfig, fleet_size
 from scorecast.loadtest.bench_fleet import Fleet
-from scorecast.loadtest.bench_proc import machine
 from scorecast.loadtest.bench_publish import BenchPublisher
 from scorecast.loadtest.bench_report import check_targets
 from scorecast.loadtest.bench_scenarios import RUNNERS, BenchContext
 from scorecast.loadtest.bench_servers import SERVERS, Backbone
+from scorecast.loadtest.procstat import machine
 from scorecast.publishers.stream import ensure_stream
 
 __all__ = ["fleet_size", "run"]

@@ -22,23 +22,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import contextlib
-import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
 import nats
 import orjson
 
-from scorecast.loadtest.bench_proc import ProcessTree
+from scorecast.loadtest.frames import TEXT, Handshake, client_frame
+from scorecast.loadtest.procstat import ProcessGroup
+from scorecast.loadtest.stack import metrics_of, spawn_gateway, stop_process, wait_ready
 from scorecast.natsserver import NatsServer, free_port
 from scorecast.protocol.envelope import encode_envelope, message_id
 from scorecast.protocol.topics import subject_for
@@ -86,22 +83,14 @@ class Reader(asyncio.Protocol):
             self.ready.set_exception(ConnectionError("closed"))
 
 
-def _masked_text(payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    body = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
-    return bytes((0x81, 0x80 | len(payload))) + mask + body
-
-
 async def open_clients(transport: str, port: int, count: int, sources: list[str]) -> list[Reader]:
     loop = asyncio.get_running_loop()
     host = f"127.0.0.1:{port}"
     if transport == "ws":
-        key = base64.b64encode(os.urandom(16)).decode()
-        request = (
-            f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-        subscribe = _masked_text(orjson.dumps({"type": "subscribe", "id": 1, "topics": [HOT]}))
+        request = Handshake(host).request
+        subscribe = client_frame(
+            TEXT, orjson.dumps({"type": "subscribe", "id": 1, "topics": [HOT]})
+        )
         mark = WS_MARK
     else:
         request = f"GET /sse?topics={HOT} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
@@ -135,11 +124,7 @@ async def publish(js, topic: str, first: int, count: int, pad: int) -> int:
 
 
 def metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        for line in answer.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return 0.0
+    return metrics_of(port).get(name, 0.0)
 
 
 async def measure_transport(transport, port, tree, js, args, first_seq) -> tuple[dict, int]:
@@ -214,21 +199,14 @@ async def run(args: argparse.Namespace) -> dict:
     server = NatsServer(store_dir=store, log_file=str(Path(store) / "nats.log"))
     server.start()
     port = free_port()
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "scorecast.cli", "--log-level", "warning", "gateway",
-         "--nats", server.url, "--port", str(port), "--workers", "1",
-         "--soft-limit", str(4 * 1024 * 1024), "--hard-limit", str(64 * 1024 * 1024)],
-    )  # fmt: skip
+    limits = ["--soft-limit", str(4 * 1024 * 1024), "--hard-limit", str(64 * 1024 * 1024)]
+    gateway = spawn_gateway(server.url, port, workers=1, extra=limits)
     nc = await nats.connect(server.url)
     try:
         js = nc.jetstream()
         await ensure_stream(js)
-        for _ in range(200):
-            ready = f"http://127.0.0.1:{port}/readyz"
-            with contextlib.suppress(OSError), urllib.request.urlopen(ready, timeout=1):
-                break
-            await asyncio.sleep(0.1)
-        tree = ProcessTree(gateway.pid)
+        await asyncio.to_thread(wait_ready, port, process=gateway, timeout=20)
+        tree = ProcessGroup([gateway.pid])
         seq = await publish(js, HOT, 1, 1, args.pad) + 1
         results = {"transports": [], "coalescing": None}
         for transport in ("ws", "sse"):
@@ -238,11 +216,7 @@ async def run(args: argparse.Namespace) -> dict:
         return results
     finally:
         await nc.close()
-        gateway.terminate()
-        try:
-            gateway.wait(10)
-        except subprocess.TimeoutExpired:
-            gateway.kill()
+        stop_process(gateway, timeout=10)
         server.stop()
 
 

@@ -7,17 +7,16 @@ import collections
 import contextlib
 import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from typing import Any
 
 import orjson
 from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
+from scorecast.loadtest import stack
 from scorecast.loadtest.frames import CLOSE, TEXT, FrameReader, Handshake, client_frame, parse_close
+from scorecast.loadtest.stack import metrics_of
 from scorecast.loadtest.tracker import Arrival, Positions
 from scorecast.protocol import COMMITTED_PREFIX, STREAM_NAME
 from scorecast.protocol.envelope import encode_envelope, message_id
@@ -209,29 +208,9 @@ class RawClient:
 def scrape_metrics(port: int) -> dict[str, float]:
     """A gateway's /metrics, parsed with prometheus-client's own parser
     (unlabelled samples only)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if not sample.labels
-    }
+    return {name: value for name, value in metrics_of(port).items() if "{" not in name}
 
 
 def start_gateway(nats_url: str, port: int, *extra: str) -> subprocess.Popen:
     """`scorecast gateway` as a real process; returns once /readyz says 200."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scorecast.cli", "--log-level", "warning", "gateway",
-         "--nats", nats_url, "--port", str(port), *extra],
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
-                if answer.status == 200:
-                    return process
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise TimeoutError("gateway did not become ready")
+    return stack.start_gateway(nats_url, port, extra=extra, timeout=20)

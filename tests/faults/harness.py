@@ -16,8 +16,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +33,8 @@ from scorecast.loadtest.frames import (
     close_payload,
     parse_close,
 )
+from scorecast.loadtest.procstat import resident_bytes
+from scorecast.loadtest.stack import http_get, spawn_gateway, stop_process, wait_ready
 from scorecast.loadtest.tracker import Arrival, Positions
 from scorecast.natsserver import free_port
 from scorecast.protocol import STREAM_NAME
@@ -51,18 +51,16 @@ LOG_LEVEL = os.environ.get("SCORECAST_FAULTS_LOG", "error")  # the gateways' log
 
 
 class GatewayProcess:
-    """``scorecast gateway`` as a real process (one worker), memory sampled."""
+    """``scorecast gateway`` as a real process (one worker), memory sampled;
+    started and awaited with the one harness, :mod:`scorecast.loadtest.stack`."""
 
     running: list[GatewayProcess] = []  # stopped by the suite's fixture at the end
 
     def __init__(self, nats_urls: list[str], *extra: str) -> None:
         GatewayProcess.running.append(self)
         self.port = free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "scorecast.cli", "--log-level", LOG_LEVEL, "gateway",
-             "--workers", "1", "--nats", ",".join(nats_urls), "--port", str(self.port),
-             *extra],
-        )  # fmt: skip
+        self.process = spawn_gateway(",".join(nats_urls), self.port, workers=1,
+                                     log_level=LOG_LEVEL, extra=extra)  # fmt: skip
         self.peak = 0
         self._sampler: asyncio.Task[None] | None = None
 
@@ -71,18 +69,13 @@ class GatewayProcess:
         return self.process.pid
 
     async def ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while (await self.http("/readyz"))[0] != 200:
-            assert time.monotonic() < deadline, "gateway never became ready"
-            await asyncio.sleep(0.2)
+        await asyncio.to_thread(
+            wait_ready, self.port, process=self.process, timeout=timeout, interval=0.2
+        )
         self._sampler = asyncio.get_running_loop().create_task(self._sample())
 
     def rss(self) -> int:
-        try:
-            pages = int(Path(f"/proc/{self.pid}/statm").read_text().split()[1])
-        except (OSError, IndexError, ValueError):
-            return 0
-        return pages * os.sysconf("SC_PAGE_SIZE")
+        return resident_bytes(self.pid)
 
     async def _sample(self) -> None:
         while True:
@@ -92,21 +85,10 @@ class GatewayProcess:
     async def http(self, path: str) -> tuple[int, str]:
         """(status, body) of a GET; (0, reason) when it does not answer."""
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", self.port), 3
-            )
-        except (OSError, TimeoutError) as exc:
+            status, body = await asyncio.to_thread(http_get, "127.0.0.1", self.port, path, 3)
+        except OSError as exc:
             return 0, repr(exc)
-        try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-            answer = await asyncio.wait_for(reader.read(), 3)
-        except (OSError, TimeoutError) as exc:
-            return 0, repr(exc)
-        finally:
-            writer.close()
-        head, _, body = answer.partition(b"\r\n\r\n")
-        parts = head.split()
-        return (int(parts[1]) if len(parts) > 1 else 0), body.decode(errors="replace")
+        return status, body.decode(errors="replace")
 
     def stop(self) -> None:
         if self.process.poll() is not None:
@@ -115,12 +97,7 @@ class GatewayProcess:
             self._sampler.cancel()
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGCONT)
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, signal.SIGINT)
 
 
 # --- clients ------------------------------------------------------------------------

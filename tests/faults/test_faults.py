@@ -20,6 +20,7 @@ import nats
 import pytest
 
 from scorecast.cluster import NatsCluster, ensure_scores_stream
+from scorecast.loadtest.procstat import resident_bytes
 from scorecast.protocol import STREAM_NAME
 from tests.faults.harness import (
     MB,
@@ -342,7 +343,7 @@ async def test_hostile_ingest_bodies(nats_server, js):
                 assert time.monotonic() < deadline, "ingest never listened"
                 await asyncio.sleep(0.2)
         answers = {"valid": status}
-        rss_before = rss_of(ingest.pid)
+        rss_before = resident_bytes(ingest.pid)
         deep = {"n": 1}
         for _ in range(300):
             deep = {"d": deep}
@@ -375,7 +376,7 @@ async def test_hostile_ingest_bodies(nats_server, js):
             figures.violations.append("1 byte/s headers were never cut")
         figures.events_published = 2
         figures.rss_before_mb = round(rss_before / MB, 1)
-        figures.rss_after_mb = figures.rss_peak_mb = round(rss_of(ingest.pid) / MB, 1)
+        figures.rss_after_mb = figures.rss_peak_mb = round(resident_bytes(ingest.pid) / MB, 1)
     finally:
         ingest.send_signal(signal.SIGINT)
         ingest.wait(15)
@@ -387,12 +388,3 @@ def json_bytes(value) -> bytes:
     import json
 
     return json.dumps(value).encode()
-
-
-def rss_of(pid: int) -> int:
-    from pathlib import Path
-
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return 0
