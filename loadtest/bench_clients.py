@@ -27,16 +27,14 @@ parent over a pipe (see :class:`Command`), so the generator's CPU is its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import re
-import resource
-import socket
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from scorecast.loadtest.client import dial, raise_file_limit
 from scorecast.loadtest.frames import (
     BINARY,
     CLOSE,
@@ -54,7 +52,6 @@ from scorecast.loadtest.tracker import Arrival, Positions
 __all__ = ["MODES", "BenchConnection", "Command", "GeneratorCounts", "generator_main"]
 
 MODES = ("scorecast", "nats", "naive")
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux 4.2+
 
 
 class Command(enum.StrEnum):
@@ -306,7 +303,7 @@ class Generator:
                 connection = BenchConnection(mode, authority, topics, self.tally)
                 try:
                     async with asyncio.timeout(timeout):
-                        sock = await self._dial(host, port)
+                        sock = await dial(host, port, self.source)
                         await loop.create_connection(lambda: connection, sock=sock)
                         await connection.ready
                 except Exception as exc:  # refused, reset, timed out, bad handshake
@@ -325,25 +322,6 @@ class Generator:
             "ended": max((c.ready_at or began) for c in self.connections) if waits else began,
             "ready_seconds": waits,
         }
-
-    async def _dial(self, host: str, port: int) -> socket.socket:
-        """A socket connected from this process's source address.
-
-        ``IP_BIND_ADDRESS_NO_PORT`` defers the choice of the local port to
-        ``connect()``: a plain ``bind((source, 0))`` searches the bound ports
-        one by one, which makes opening 10,000 connections quadratic in
-        kernel time (and the generator, not the server, the bottleneck).
-        """
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-            sock.bind((self.source, 0))
-            await asyncio.get_running_loop().sock_connect(sock, (host, port))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
 
     async def expect(self, published: dict[str, int], deadline: float, quiet: float) -> dict:
         """Wait until every connection has every event ``published`` (topic -> count)
@@ -416,9 +394,7 @@ async def _serve(pipe: Connection, source: str) -> None:
 
 def generator_main(pipe: Connection, source: str) -> None:
     """Entry point of one generator process (``multiprocessing`` target)."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_file_limit()
     try:
         import uvloop
 

@@ -4,9 +4,7 @@ started here are ended before :func:`run` returns, whatever happened."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import resource
 import shutil
 import subprocess
 import tempfile
@@ -23,22 +21,16 @@ from scorecast.loadtest.bench_publish import BenchPublisher
 from scorecast.loadtest.bench_report import check_targets
 from scorecast.loadtest.bench_scenarios import RUNNERS, BenchContext
 from scorecast.loadtest.bench_servers import SERVERS, Backbone
+from scorecast.loadtest.client import raise_file_limit
 from scorecast.loadtest.procstat import machine
 from scorecast.publishers.stream import ensure_stream
 
 __all__ = ["fleet_size", "run"]
 
 
-def _raise_file_limit() -> None:
-    """Servers and generators inherit the soft limit: lift it to the hard one."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 async def run(config: BenchConfig, *, progress: Callable[[str], None] = lambda line: None) -> dict:
     """Run every scenario against every server; the result as a dict (JSON-ready)."""
-    _raise_file_limit()
+    raise_file_limit()  # servers and generators inherit the soft limit
     workdir = Path(tempfile.mkdtemp(prefix="scorecast-bench-"))
     (workdir / "js").mkdir()
     backbone = Backbone(
