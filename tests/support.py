@@ -8,7 +8,6 @@ import contextlib
 import socket
 import subprocess
 import time
-from typing import Any
 
 import orjson
 from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
@@ -16,12 +15,10 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from scorecast.loadtest import stack
 from scorecast.loadtest.frames import CLOSE, TEXT, FrameReader, Handshake, client_frame, parse_close
+from scorecast.loadtest.publisher import Envelopes
 from scorecast.loadtest.stack import metrics_of
 from scorecast.loadtest.tracker import Arrival, Positions
 from scorecast.protocol import COMMITTED_PREFIX, STREAM_NAME
-from scorecast.protocol.envelope import encode_envelope, message_id
-from scorecast.protocol.merge_patch import apply_patch
-from scorecast.protocol.topics import subject_for
 
 
 async def create_stream(js, history: int = 1000) -> None:
@@ -43,18 +40,13 @@ class RawPublisher:
 
     def __init__(self, js) -> None:
         self.js = js
-        self.states: dict[str, Any] = {}
-        self.seqs: dict[str, int] = {}
+        self.envelopes = Envelopes()
+        self.states, self.seqs = self.envelopes.states, self.envelopes.seqs
 
     async def publish(self, topic: str, patch: dict, kind: str = "update", seq: int | None = None):
-        seq = seq or self.seqs.get(topic, 0) + 1
-        state = apply_patch(self.states.get(topic), patch)
-        self.states[topic], self.seqs[topic] = state, seq
-        body = encode_envelope(topic, seq, time.time(), kind, patch, state)
-        await self.js.publish(
-            subject_for(topic), body, headers={"Nats-Msg-Id": message_id(topic, seq)}
-        )
-        return seq
+        subject, body, headers = self.envelopes.next(topic, patch, kind, seq=seq)
+        await self.js.publish(subject, body, headers=headers)
+        return self.seqs[topic]
 
 
 class Recorder:

@@ -34,11 +34,11 @@ from scorecast.loadtest.frames import (
     parse_close,
 )
 from scorecast.loadtest.procstat import resident_bytes
+from scorecast.loadtest.publisher import Envelopes
 from scorecast.loadtest.stack import http_get, spawn_gateway, stop_process, wait_ready
 from scorecast.loadtest.tracker import Arrival, Positions
 from scorecast.natsserver import free_port
 from scorecast.protocol import STREAM_NAME
-from scorecast.protocol.envelope import encode_envelope, message_id
 from scorecast.protocol.merge_patch import apply_patch
 from scorecast.protocol.topics import subject_for
 
@@ -229,24 +229,19 @@ class Feed:
 
     def __init__(self, js, pad: int = 0) -> None:
         self.js = js
-        self.seqs: dict[str, int] = {}
-        self.states: dict[str, dict] = {}
+        self.envelopes = Envelopes()
         self.pad = "x" * pad
         self.published = 0
         self.retries = 0
 
-    def _next(self, topic: str) -> tuple[int, bytes]:
-        seq = self.seqs.get(topic, 0) + 1
-        patch = {"n": seq, "pad": self.pad} if self.pad else {"n": seq}
-        state = apply_patch(self.states.get(topic), patch)
-        self.seqs[topic], self.states[topic] = seq, state
-        return seq, encode_envelope(topic, seq, time.time(), "update", patch, state)
+    def _next(self, topic: str) -> tuple[str, bytes, dict[str, str]]:
+        seq = self.envelopes.seqs.get(topic, 0) + 1
+        return self.envelopes.next(topic, {"n": seq, "pad": self.pad} if self.pad else {"n": seq})
 
-    async def _publish(self, topic: str, seq: int, body: bytes, deadline: float) -> None:
-        headers = {"Nats-Msg-Id": message_id(topic, seq)}
+    async def _publish(self, subject: str, body: bytes, headers: dict, deadline: float) -> None:
         while True:
             try:
-                await self.js.publish(subject_for(topic), body, headers=headers, timeout=2)
+                await self.js.publish(subject, body, headers=headers, timeout=2)
                 self.published += 1
                 return
             except Exception:
@@ -261,9 +256,8 @@ class Feed:
         deadline = time.monotonic() + 120
         pending: list[asyncio.Task[None]] = []
         for index in range(count):
-            topic = topics[index % len(topics)]
-            seq, body = self._next(topic)
-            pending.append(asyncio.ensure_future(self._publish(topic, seq, body, deadline)))
+            envelope = self._next(topics[index % len(topics)])
+            pending.append(asyncio.ensure_future(self._publish(*envelope, deadline)))
             if len(pending) >= window:
                 await asyncio.gather(*pending)
                 pending = []
@@ -275,8 +269,7 @@ class Feed:
         deadline = time.monotonic() + 600
         while not stop.is_set():
             for topic in topics:
-                seq, body = self._next(topic)
-                await self._publish(topic, seq, body, deadline)
+                await self._publish(*self._next(topic), deadline)
                 await asyncio.sleep(1 / rate)
 
 
