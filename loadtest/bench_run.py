@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from scorecast.loadtest.bench_scenarios import RUNNERS, BenchContext
 from scorecast.loadtest.bench_servers import SERVERS, Backbone
 from scorecast.loadtest.client import raise_file_limit
 from scorecast.loadtest.procstat import machine
+from scorecast.loadtest.stack import checkout_revision
 from scorecast.publishers.stream import ensure_stream
 
 __all__ = ["fleet_size", "run"]
@@ -79,19 +79,8 @@ async def run(config: BenchConfig, *, progress: Callable[[str], None] = lambda l
 
 def _revision() -> dict:
     """The commit the servers ran from, and whether their code had local changes."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(
-                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    changed = git("status", "--porcelain", "--", "gateway", "protocol", "scorecast")
-    return {"commit": git("rev-parse", "--short", "HEAD") or None, "local_changes": bool(changed)}
+    commit, changed = checkout_revision(("gateway", "protocol", "scorecast"), untracked=True)
+    return {"commit": commit, "local_changes": changed}
 
 
 async def _one(context: BenchContext, scenario: str, name: str, progress) -> dict:

@@ -32,7 +32,7 @@ from scorecast.loadtest.bench_config import BenchConfig
 from scorecast.loadtest.bench_fleet import Fleet
 from scorecast.loadtest.bench_publish import BenchPublisher
 from scorecast.loadtest.bench_servers import Backbone
-from scorecast.loadtest.histogram import LatencyHistogram
+from scorecast.loadtest.histogram import LatencyHistogram, to_ms
 from scorecast.loadtest.procstat import CpuTimes, ProcessGroup
 from scorecast.loadtest.zipf import ZipfTopics
 
@@ -95,14 +95,10 @@ async def _open(ctx: BenchContext, server, plan: list[list[str]], window: int) -
         "opened": opened,
         "failed": sum(answer["failed"] for answer in answers),
         "seconds": round(ended - began, 3),
-        "ready_p50_ms": _ms(_quantile(waits, 0.50)),
-        "ready_p99_ms": _ms(_quantile(waits, 0.99)),
-        "ready_max_ms": _ms(max(waits) if waits else None),
+        "ready_p50_ms": to_ms(_quantile(waits, 0.50), 2),
+        "ready_p99_ms": to_ms(_quantile(waits, 0.99), 2),
+        "ready_max_ms": to_ms(max(waits) if waits else None, 2),
     }
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)
 
 
 async def _connected(ctx: BenchContext, server, plan: list[list[str]], window: int) -> dict:

@@ -10,6 +10,7 @@ tests, the faults suite, ``scorecast bench`` and storms.
   signal), then a kill for what lingers.
 - :class:`GatewayProcesses`: several gateways, started and stopped together.
 - :func:`http_get`, :func:`metrics_of`: one blocking GET, and ``/metrics``.
+- :func:`checkout_revision`: the commit the gateways run from, for results.
 
 Blocking calls; async callers run them with ``asyncio.to_thread``. Every
 wait has a timeout the caller can shorten. nats-server processes are
@@ -37,6 +38,7 @@ __all__ = [
     "GatewayNotReady",
     "GatewayProcesses",
     "checkout_environment",
+    "checkout_revision",
     "gateway_command",
     "http_get",
     "metrics_of",
@@ -52,6 +54,28 @@ READY_TIMEOUT = 30.0  # seconds a gateway may take to answer /readyz with 200
 STOP_TIMEOUT = 15.0  # seconds a gateway may take to exit after the signal
 # how a gateway is run; an experiment may point this at a patched copy
 LAUNCHER: tuple[str, ...] = (sys.executable, "-m", "scorecast.cli")
+
+
+def checkout_revision(
+    paths: Sequence[str] = (), *, untracked: bool = False
+) -> tuple[str | None, bool]:
+    """The checkout's short commit and whether its files (below ``paths``; all
+    when empty; new files too with ``untracked``) have uncommitted changes:
+    which gateway a result measured. ``(None, False)`` outside a git checkout."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(ROOT), *args],
+                                  capture_output=True, text=True, timeout=10)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return None, False
+    status = ["status", "--porcelain"] + ([] if untracked else ["--untracked-files=no"])
+    return commit, bool(git(*status, "--", *paths))
 
 
 class GatewayNotReady(TimeoutError):
