@@ -44,9 +44,12 @@ __all__ = ["IP_BIND_ADDRESS_NO_PORT", "StormClient", "Target", "dial", "raise_fi
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
-async def dial(host: str, port: int, source: str | None = None) -> socket.socket:
+async def dial(
+    host: str, port: int, source: str | None = None, receive_buffer: int | None = None
+) -> socket.socket:
     """A TCP socket connected from ``source`` (any address when None), the way
-    every load generator here opens its connections.
+    every load generator here opens its connections; ``receive_buffer`` sets
+    ``SO_RCVBUF`` first (a tiny one makes a slow phone).
 
     ``IP_BIND_ADDRESS_NO_PORT`` defers the choice of the local port to
     ``connect()``: a plain ``bind((source, 0))`` searches the bound ports one
@@ -56,6 +59,8 @@ async def dial(host: str, port: int, source: str | None = None) -> socket.socket
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         if source is not None:
             sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((source, 0))
@@ -147,19 +152,23 @@ class StormClient(asyncio.Protocol):
 
     # --- opening ---------------------------------------------------------------
 
-    async def connect(self, target: Target, source: str | None, timeout: float) -> None:
+    max_frame = 1 << 20  # the largest frame a link takes (FrameError beyond)
+
+    async def connect(
+        self, target: Target, source: str | None, timeout: float, receive_buffer: int | None = None
+    ) -> None:
         """One link, up to ``subscribed``. Raises OSError, TimeoutError or WebSocketError."""
         loop = asyncio.get_running_loop()
         self.started = time.monotonic()
         self.link_wall = time.time()
         self.leaving, self.hint_ms = False, None
         self._handshake = Handshake(f"{target.host}:{target.port}", target.path)
-        self._reader = FrameReader()
+        self._reader = FrameReader(self.max_frame)
         self._ready = loop.create_future()
         sock: socket.socket | None = None
         try:
             async with asyncio.timeout(timeout):
-                sock = await dial(target.host, target.port, source)
+                sock = await dial(target.host, target.port, source, receive_buffer)
                 await loop.create_connection(lambda: self, sock=sock)
                 await self._ready
         except BaseException:

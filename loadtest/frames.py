@@ -24,11 +24,10 @@ and :class:`FrameError` (the server broke the framing rules); both are
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import struct
 
-from scorecast.protocol.codec import frame_header
+from scorecast.protocol.codec import accept_value, frame_header
 
 try:  # the C helper that ships with websockets; the fallback is exact but slower
     from websockets.speedups import apply_mask
@@ -58,7 +57,6 @@ __all__ = [
 ]
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_HEADER = 16 * 1024
 
 
@@ -85,7 +83,7 @@ class Handshake:
 
     def __init__(self, host: str, path: str = "/ws", headers: dict[str, str] | None = None):
         key = base64.b64encode(os.urandom(16))
-        self.accept = base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
+        self.accept = accept_value(key).decode()
         lines = [
             f"GET {path} HTTP/1.1",
             f"Host: {host}",

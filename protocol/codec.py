@@ -4,11 +4,14 @@
 is the wire error code, carrying the request ``id`` when the request had one.
 ``text_frame`` turns an encoded payload into the bytes of an unmasked server
 WebSocket text frame, so one event is serialised once for all subscribers;
-``frame_header`` is the frame head it and the load tools' client frames share.
+``frame_header`` is the frame head it and the load tools' client frames share,
+``accept_value`` the handshake's answer to a key, for both ends.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import struct
 from typing import Any
 
@@ -31,7 +34,7 @@ from scorecast.protocol.messages import (
 )
 from scorecast.protocol.topics import is_valid_topic
 
-__all__ = ["decode_client", "encode", "error_payload", "frame_header", "text_frame"]
+__all__ = ["accept_value", "decode_client", "encode", "error_payload", "frame_header", "text_frame"]
 
 
 class _Header(msgspec.Struct):
@@ -88,6 +91,13 @@ def error_payload(error: ClientError) -> bytes:
 
 
 _TEXT = 0x81  # FIN + opcode 1
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def accept_value(key: bytes) -> bytes:
+    """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key`` (RFC 6455 section
+    4.2.2): base64 of SHA-1 of the key and the GUID."""
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
 
 
 def frame_header(first: int, size: int, mask_bit: int = 0) -> bytes:

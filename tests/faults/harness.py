@@ -2,10 +2,11 @@
 watched, lean raw-protocol clients, a pipelined publisher, the final check
 against the stream, and one report line per scenario.
 
-The sequence checker is :class:`loadtest.tracker.Positions` (the storm's own);
-frames are parsed with :mod:`loadtest.frames`. A client's state is its last
-snapshot merge-patched by the events after it, compared with the ``state`` of
-the stream's newest message for each topic.
+A client is the storm's own (:class:`scorecast.loadtest.client.StormClient`:
+its framing, sequence checker and counters) that also keeps each topic's
+state: its last snapshot merge-patched by the events after it, compared with
+the ``state`` of the stream's newest message for each topic. Gateways are
+started and awaited with :mod:`scorecast.loadtest.stack`.
 """
 
 from __future__ import annotations
@@ -22,21 +23,11 @@ from pathlib import Path
 
 import orjson
 
-from scorecast.loadtest.frames import (
-    CLOSE,
-    PING,
-    PONG,
-    TEXT,
-    FrameReader,
-    Handshake,
-    client_frame,
-    close_payload,
-    parse_close,
-)
+from scorecast.loadtest.client import StormClient, Target
 from scorecast.loadtest.procstat import resident_bytes
 from scorecast.loadtest.publisher import Envelopes
 from scorecast.loadtest.stack import http_get, spawn_gateway, stop_process, wait_ready
-from scorecast.loadtest.tracker import Arrival, Positions
+from scorecast.loadtest.tally import Tally
 from scorecast.natsserver import free_port
 from scorecast.protocol import STREAM_NAME
 from scorecast.protocol.merge_patch import apply_patch
@@ -103,86 +94,50 @@ class GatewayProcess:
 # --- clients ------------------------------------------------------------------------
 
 
-class FaultClient(asyncio.Protocol):
-    """One logical client: positions and state survive its reconnects (which
-    resubscribe with ``since``). ``reading=False`` makes a stalled phone: a
-    tiny receive buffer and no reads until :meth:`read_again`."""
+class FaultClient(StormClient):
+    """One logical client: the storm's own (:class:`~scorecast.loadtest.client.StormClient`:
+    positions and counts survive its reconnects, which resubscribe with
+    ``since``), plus each topic's state and how its last link ended.
+    ``reading=False`` makes a stalled phone: a tiny receive buffer and no reads
+    once subscribed, until :meth:`read_again`."""
+
+    max_frame = 16 * MB
 
     def __init__(self, topics: list[str], *, reading: bool = True) -> None:
-        self.topics = topics
+        super().__init__(topics, Tally())
         self.reading = reading
-        self.positions = Positions()
         self.states: dict[str, object] = {}
-        self.verdicts: dict[str, int] = {}
-        self.events = 0
-        self.snapshots = 0
         self.close_code: int | None = None
-        self.transport: asyncio.Transport | None = None
-        self._handshake: Handshake | None = None
-        self._reader = FrameReader(max_size=16 * MB)
-        self._subscribed: asyncio.Future[None] | None = None
-        self.lost: asyncio.Event = asyncio.Event()
+        self.lost = asyncio.Event()
         self.lost_by: str | None = None
 
-    async def connect(self, port: int, timeout: float = 20.0) -> None:
-        loop = asyncio.get_running_loop()
-        self._handshake = Handshake(f"127.0.0.1:{port}")
-        self._reader = FrameReader(max_size=16 * MB)
-        self._subscribed = loop.create_future()
+    @property
+    def snapshots(self) -> int:
+        return self.tally.snapshots
+
+    async def connect_to(self, port: int, timeout: float = 20.0) -> None:
         self.lost.clear()
         self.close_code = None
-        sock = socket.socket()
-        if not self.reading:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        async with asyncio.timeout(timeout):
-            await loop.sock_connect(sock, ("127.0.0.1", port))
-            await loop.create_connection(lambda: self, sock=sock)
-            await self._subscribed
+        target, buffer = Target("127.0.0.1", port), None if self.reading else 4096
+        await self.connect(target, None, timeout, receive_buffer=buffer)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self._handshake.request)  # type: ignore[union-attr]
+    def _message(self, payload: bytes) -> None:
+        super()._message(payload)
+        frame = orjson.loads(payload)
+        if frame["type"] == "event":
+            topic = frame["topic"]
+            self.states[topic] = apply_patch(self.states.get(topic), frame["data"])
+        elif frame["type"] == "snapshot":
+            self.states[frame["topic"]] = frame["state"]
 
-    def data_received(self, data: bytes) -> None:
-        if self._handshake is not None:
-            rest = self._handshake.receive(data)
-            if rest is None:
-                return
-            self._handshake = None
-            request = {"type": "subscribe", "id": 1, "topics": self.topics}
-            since = self.positions.since(self.topics)
-            if since:
-                request["since"] = since
-            self.transport.write(client_frame(TEXT, orjson.dumps(request)))
-            data = rest
-        for opcode, payload in self._reader.feed(data):
-            if opcode == TEXT:
-                self._message(orjson.loads(payload))
-            elif opcode == PING:
-                self.transport.write(client_frame(PONG, payload))
-            elif opcode == CLOSE:
-                self.close_code = parse_close(payload)[0]
-                self.transport.write(client_frame(CLOSE, close_payload(self.close_code)))
-                self.transport.close()
-        if not self.reading and self._subscribed is not None and self._subscribed.done():
+    def _subscribed(self) -> None:
+        super()._subscribed()
+        if not self.reading and self.transport is not None:
             self.transport.pause_reading()
 
-    def _message(self, frame: dict) -> None:
-        kind = frame["type"]
-        if kind == "event":
-            self.events += 1
-            topic = frame["topic"]
-            verdict = self.positions.event(topic, frame["seq"])
-            if verdict is not Arrival.OK:
-                self.verdicts[verdict.value] = self.verdicts.get(verdict.value, 0) + 1
-            self.states[topic] = apply_patch(self.states.get(topic), frame["data"])
-        elif kind == "snapshot":
-            self.snapshots += 1
-            self.positions.snapshot(frame["topic"], frame["seq"])
-            self.states[frame["topic"]] = frame["state"]
-        elif kind == "subscribed" and self._subscribed and not self._subscribed.done():
-            self._subscribed.set_result(None)
+    def _closed_by_server(self, code: int, reason: str) -> None:
+        self.close_code = code
+        super()._closed_by_server(code, reason)
 
     def read_again(self) -> None:
         """Back in coverage: reads again, with an ordinary receive window."""
@@ -193,16 +148,9 @@ class FaultClient(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
             self.transport.resume_reading()
 
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(client_frame(CLOSE, close_payload(1000)))
-            self.transport.close()
-
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
+        super().connection_lost(exc)
         self.lost_by = repr(exc) if exc is not None else None
-        if self._subscribed is not None and not self._subscribed.done():
-            self._subscribed.set_exception(ConnectionError("closed before subscribed"))
         self.lost.set()
 
 
@@ -211,7 +159,7 @@ async def open_clients(port: int, topic_sets: list[list[str]], **kwargs) -> list
     every topic (unless it does not read)."""
     clients = [FaultClient(topics, **kwargs) for topics in topic_sets]
     for start in range(0, len(clients), 50):  # 50 handshakes at a time
-        await asyncio.gather(*(c.connect(port) for c in clients[start : start + 50]))
+        await asyncio.gather(*(c.connect_to(port) for c in clients[start : start + 50]))
     deadline = time.monotonic() + 30
     while any(c.reading and len(c.positions.seqs) < len(c.topics) for c in clients):
         assert time.monotonic() < deadline, "clients never got their first snapshots"
@@ -297,11 +245,12 @@ class Figures:
     def tally(self, clients: list[FaultClient]) -> None:
         self.clients = len(clients)
         for client in clients:
-            self.frames_checked += client.events + client.snapshots
-            self.gaps += client.verdicts.get("gap", 0)
-            self.duplicates += client.verdicts.get("duplicate", 0)
-            self.backsteps += client.verdicts.get("backwards", 0)
-            self.no_snapshot += client.verdicts.get("no_snapshot", 0)
+            tally = client.tally
+            self.frames_checked += tally.events + tally.snapshots
+            self.gaps += tally.gaps
+            self.duplicates += tally.duplicates
+            self.backsteps += tally.backwards
+            self.no_snapshot += tally.no_snapshot
 
     def memory(self, gateway: GatewayProcess, before: int) -> None:
         self.rss_before_mb = round(before / MB, 1)

@@ -186,7 +186,7 @@ async def test_churn_soak(nats_server, js):
     await feed.burst(topics, 20)
     clients = [FaultClient(t) for t in spread(topics, 100, 5)]
     for client in clients:  # one round to reach a steady state, then the baseline
-        await client.connect(gateway.port)
+        await client.connect_to(gateway.port)
         client.close()
     await asyncio.sleep(2)
     before = gateway.rss()
@@ -198,7 +198,7 @@ async def test_churn_soak(nats_server, js):
     async def churn(client: FaultClient) -> None:
         nonlocal connections
         while time.monotonic() - started < soak:
-            await client.connect(gateway.port)
+            await client.connect_to(gateway.port)
             connections += 1
             await asyncio.sleep(rng.uniform(0.1, 1.0))
             client.close()
@@ -210,7 +210,7 @@ async def test_churn_soak(nats_server, js):
     await asyncio.sleep(5)
     after_churn = gateway.rss()
     for client in clients:  # back once more: since brings each up to date
-        await client.connect(gateway.port)
+        await client.connect_to(gateway.port)
     figures.notes = {"connections": connections, "rss_5s_after_all_left_mb":
                      round(after_churn / MB, 1)}  # fmt: skip
     if after_churn - before > 16 * MB:
