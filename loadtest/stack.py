@@ -95,12 +95,12 @@ def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int
         connection.close()
 
 
-def metrics_of(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+def metrics_of(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> dict[str, float]:
     """The gateway's ``/metrics`` as ``{sample name: value}``, labels folded into
     the name (see :func:`scorecast.loadtest.scrape.parse_metrics`)."""
     from scorecast.loadtest.scrape import parse_metrics
 
-    status, body = http_get(host, port, "/metrics", timeout=5)
+    status, body = http_get(host, port, "/metrics", timeout)
     if status != 200:
         raise OSError(f"GET /metrics answered {status}")
     return parse_metrics(body.decode())
