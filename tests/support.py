@@ -49,6 +49,26 @@ class RawPublisher:
         return self.seqs[topic]
 
 
+async def first_match(messages: list, predicate, arrived: asyncio.Event, ended, timeout: float,
+                      wake: float | None = None):  # fmt: skip
+    """The first of ``messages`` (a list a reader appends to, setting ``arrived``)
+    matching ``predicate``; TimeoutError after ``timeout`` or once ``ended()``.
+    ``wake``: look again at least this often, even without ``arrived``."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while True:
+        for message in messages[seen:]:
+            if predicate(message):
+                return message
+        seen = len(messages)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or ended():
+            raise TimeoutError(f"no matching message; got {messages[-5:]}")
+        arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(arrived.wait(), min(remaining, wake or remaining))
+
+
 class Recorder:
     """A WebSocket client that records every frame it gets."""
 
@@ -79,19 +99,9 @@ class Recorder:
 
     async def wait_for(self, predicate, timeout: float = 10.0) -> dict:
         """The first recorded message matching ``predicate`` (waits for it)."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for message in self.messages[seen:]:
-                if predicate(message):
-                    return message
-            seen = len(self.messages)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._reader.done():
-                raise TimeoutError(f"no matching message; got {self.messages[-5:]}")
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+        return await first_match(
+            self.messages, predicate, self._arrived, self._reader.done, timeout
+        )
 
     def of(self, topic: str) -> list[dict]:
         return [m for m in self.messages if m.get("topic") == topic]
