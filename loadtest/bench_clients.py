@@ -133,7 +133,7 @@ class BenchConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        transport.write(self._handshake.request)  # type: ignore[attr-defined]
+        transport.write(self._handshake.request)  # type: ignore[attr-defined,union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():

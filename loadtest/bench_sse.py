@@ -58,6 +58,7 @@ class Reader(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         transport.write(self.request)
 
@@ -70,7 +71,7 @@ class Reader(asyncio.Protocol):
             if not self.head.startswith((b"HTTP/1.1 101", b"HTTP/1.1 200")):
                 self.ready.set_exception(ConnectionError(self.head[:80]))
                 return
-            if self.subscribe is not None:
+            if self.subscribe is not None and self.transport is not None:
                 self.transport.write(self.subscribe)
             data, self.head = self.head[end + 4 :], b""
             self.ready.set_result(None)
@@ -143,7 +144,8 @@ async def measure_transport(transport, port, tree, js, args, first_seq) -> tuple
     seconds = time.monotonic() - started
     delivered = sum(min(r.events, args.events) for r in readers)
     for reader in readers:
-        reader.transport.abort()
+        if reader.transport is not None:
+            reader.transport.abort()
     await asyncio.sleep(1.0)
     figures = {
         "transport": transport,
@@ -208,12 +210,14 @@ async def run(args: argparse.Namespace) -> dict:
         await asyncio.to_thread(wait_ready, port, process=gateway, timeout=20)
         tree = ProcessGroup([gateway.pid])
         seq = await publish(js, HOT, 1, 1, args.pad) + 1
-        results = {"transports": [], "coalescing": None}
+        transports = []
         for transport in ("ws", "sse"):
             figures, seq = await measure_transport(transport, port, tree, js, args, seq)
-            results["transports"].append(figures)
-        results["coalescing"] = await measure_coalescing(port, js, args.cold)
-        return results
+            transports.append(figures)
+        return {
+            "transports": transports,
+            "coalescing": await measure_coalescing(port, js, args.cold),
+        }
     finally:
         await nc.close()
         stop_process(gateway, timeout=10)

@@ -179,7 +179,7 @@ class StormClient(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        transport.write(self._handshake.request)  # type: ignore[union-attr]
+        transport.write(self._handshake.request)  # type: ignore[attr-defined,union-attr]
 
     def _opened(self) -> None:
         tally = self.tally

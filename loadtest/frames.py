@@ -33,7 +33,7 @@ try:  # the C helper that ships with websockets; the fallback is exact but slowe
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover
 
-    def apply_mask(data: bytes, mask: bytes) -> bytes:
+    def apply_mask(data: bytes | bytearray | memoryview, mask: bytes | bytearray) -> bytes:
         size = len(data)
         key = int.from_bytes(mask * (size // 4 + 1), "big") >> (8 * (4 - size % 4) % 32)
         return (int.from_bytes(data, "big") ^ key).to_bytes(size, "big")
