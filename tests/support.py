@@ -10,7 +10,6 @@ import subprocess
 import time
 
 import orjson
-from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
 from websockets.asyncio.client import ClientConnection, connect
 
 from scorecast.loadtest import stack
@@ -18,21 +17,12 @@ from scorecast.loadtest.frames import CLOSE, TEXT, FrameReader, Handshake, clien
 from scorecast.loadtest.publisher import Envelopes
 from scorecast.loadtest.stack import metrics_of
 from scorecast.loadtest.tracker import Arrival, Positions
-from scorecast.protocol import COMMITTED_PREFIX, STREAM_NAME
+from scorecast.publishers.stream import ensure_stream
 
 
 async def create_stream(js, history: int = 1000) -> None:
-    await js.add_stream(
-        StreamConfig(
-            name=STREAM_NAME,
-            subjects=["scores.>"],
-            storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
-            max_msgs_per_subject=history,
-            duplicate_window=120.0,
-            republish=RePublish(src="scores.>", dest=COMMITTED_PREFIX + ">"),
-        )
-    )
+    """The SCORES stream, created as publishers create it (their own code)."""
+    await ensure_stream(js, history=history)
 
 
 class RawPublisher:
