@@ -50,6 +50,7 @@ from locust.runners import MasterRunner
 # ``loadtest`` package importable without installing the project
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scorecast.loadtest.frames import parse_close
 from scorecast.loadtest.tracker import Arrival, Positions
 from scorecast.loadtest.zipf import ZipfTopics
 
@@ -227,7 +228,7 @@ class ScorecastUser(User):
             while True:
                 opcode, payload = ws.recv_data()
                 if opcode == websocket.ABNF.OPCODE_CLOSE:
-                    code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                    code = parse_close(payload)[0]
                     if code == 1012:
                         hint = hint or 0.0
                     elif not self.leaving:
