@@ -20,6 +20,7 @@ dev`` uses too).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -42,7 +43,6 @@ __all__ = [
     "gateway_command",
     "http_get",
     "metrics_of",
-    "ready",
     "spawn_gateway",
     "start_gateway",
     "stop_process",
@@ -146,14 +146,6 @@ def spawn_gateway(
     return subprocess.Popen(command, cwd=ROOT, env=checkout_environment(), stdout=log, stderr=log)
 
 
-def ready(port: int, host: str = "127.0.0.1", path: str = "/readyz") -> bool:
-    """Whether ``path`` answers 200 now."""
-    try:
-        return http_get(host, port, path, timeout=1)[0] == 200
-    except OSError:
-        return False
-
-
 def wait_ready(
     port: int,
     *,
@@ -165,7 +157,10 @@ def wait_ready(
     """Until ``/readyz`` says 200; :class:`GatewayNotReady` when ``process``
     exits first or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
-    while not ready(port, host):
+    while True:
+        with contextlib.suppress(OSError):
+            if http_get(host, port, "/readyz", timeout=1)[0] == 200:
+                return
         if process is not None and process.poll() is not None:
             raise GatewayNotReady(f"the gateway on port {port} exited with {process.returncode}")
         if time.monotonic() > deadline:
