@@ -7,12 +7,12 @@ Storms (``scorecast storm``, ``scorecast report``, docs/STORM.md):
 - :mod:`loadtest.storm_worker`  one generator process holding many connections
 - :mod:`loadtest.client`        one lean asyncio WebSocket client connection
 - :mod:`loadtest.frames`        sans-I/O WebSocket client core: upgrade and frames
-- :mod:`loadtest.tracker`       per-topic positions: gaps, duplicates, steps back
+- :mod:`loadtest.tracker`       per-topic positions: gaps, duplicates, steps back (the one checker)
 - :mod:`loadtest.zipf`          Zipf topic popularity
 - :mod:`loadtest.histogram`     a mergeable log-bucket latency histogram
 - :mod:`loadtest.tally`         what one generator process counts
 - :mod:`loadtest.results`       worker reports folded into the result document
-- :mod:`loadtest.publisher`     fixed-rate envelope publisher on JetStream
+- :mod:`loadtest.publisher`     test envelopes (one source) and the fixed-rate publisher
 - :mod:`loadtest.scrape`        a gateway's ``/metrics`` during a storm
 - :mod:`loadtest.procstat`      CPU and memory of process trees and the machine (storm and bench)
 - :mod:`loadtest.stack`         the one harness: start gateways, wait for /readyz, stop them
