@@ -12,7 +12,8 @@ answers with records saying what happened and what to send.
 - :class:`ReconnectHint`   the gateway is draining: reconnect after ``after_ms``
 - :class:`GatewayError`    an ``error`` frame, with the topics it refused
 
-Delivery rules (PROTOCOL.md section 4) as the client enforces them, per topic:
+Delivery rules (PROTOCOL.md section 4, :func:`scorecast.protocol.sequence.arrival`)
+as the client enforces them, per topic:
 
 - a ``snapshot`` replaces the state and sets the position to its ``seq``,
   even when that is lower (the stream was reset);
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scorecast.protocol.merge_patch import apply_patch
+from scorecast.protocol.sequence import Arrival, arrival
 from scorecast.protocol.topics import is_valid_topic
 
 __all__ = [
@@ -283,7 +285,8 @@ class ClientState:
         if view is None:
             return []
         seq = _int(message["seq"])
-        if view.seq is not None and seq == view.seq + 1:
+        verdict = arrival(view.seq, seq)
+        if verdict is Arrival.OK:
             view.seq, view.ts = seq, message.get("ts")
             view.state = apply_patch(view.state, message.get("data"))
             self.counters.events += 1
@@ -300,7 +303,7 @@ class ClientState:
             ]
         # A gap, a repeat, a step backwards, or an event before any snapshot:
         # never apply it; queue the topic to be restarted from what we hold.
-        if view.seq is not None and seq <= view.seq:
+        if verdict.repeat:
             self.counters.duplicates += 1
         else:
             self.counters.gaps += 1

@@ -7,15 +7,15 @@ Storms (``scorecast storm``, ``scorecast report``, docs/STORM.md):
 - :mod:`loadtest.storm_worker`  one generator process holding many connections
 - :mod:`loadtest.client`        one lean asyncio WebSocket client connection
 - :mod:`loadtest.frames`        sans-I/O WebSocket client core: upgrade and frames
-- :mod:`loadtest.tracker`       per-topic positions: gaps, duplicates, steps back
+- :mod:`loadtest.tracker`       per-topic positions: gaps, duplicates, steps back (the one checker)
 - :mod:`loadtest.zipf`          Zipf topic popularity
 - :mod:`loadtest.histogram`     a mergeable log-bucket latency histogram
 - :mod:`loadtest.tally`         what one generator process counts
 - :mod:`loadtest.results`       worker reports folded into the result document
-- :mod:`loadtest.publisher`     fixed-rate envelope publisher on JetStream
+- :mod:`loadtest.publisher`     test envelopes (one source) and the fixed-rate publisher
 - :mod:`loadtest.scrape`        a gateway's ``/metrics`` during a storm
-- :mod:`loadtest.procstat`      CPU and memory of process trees and the machine
-- :mod:`loadtest.stack`         gateway processes for tests and storms
+- :mod:`loadtest.procstat`      CPU and memory of process trees and the machine (storm and bench)
+- :mod:`loadtest.stack`         the one harness: start gateways, wait for /readyz, stop them
 - :mod:`loadtest.report`        HTML with plots from a result
 - ``loadtest/storm_stack.sh``   nats-server + gateway + storm + report, in one go
 
@@ -32,6 +32,6 @@ The side-by-side benchmark (``scorecast bench``, docs/BENCHMARKS.md):
 - :mod:`loadtest.bench_servers`   the servers under test and the NATS backbone
 - :mod:`loadtest.bench_naive`     the naive ``websockets.broadcast()`` server
 - :mod:`loadtest.bench_floor`     the floor: one pre-built frame written per client per event
-- :mod:`loadtest.bench_proc`, :mod:`loadtest.bench_publish`, :mod:`loadtest.bench_report`,
+- :mod:`loadtest.bench_publish`, :mod:`loadtest.bench_report`,
   :mod:`loadtest.bench_config`
 """

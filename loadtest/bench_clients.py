@@ -4,10 +4,10 @@ to every server under test, and the process that holds many of them.
 Why not the ``websockets`` client: a generator that spends more CPU per
 delivered message than the server measures itself, not the server (measured
 in docs/BENCHMARKS.md). :class:`BenchConnection` is an ``asyncio.Protocol``:
-it writes the upgrade request, reads unmasked server frames straight out of
-``data_received`` and takes ``topic``, ``seq`` and ``ts`` out of a payload
-with one regular expression instead of a JSON parser. Client frames
-(subscribe, pong) are rare and masked with :func:`loadtest.frames.client_frame`.
+it writes the upgrade request, parses server frames in ``data_received`` with
+the project's one client framing (:mod:`loadtest.frames`) and takes ``topic``,
+``seq`` and ``ts`` out of a payload with one regular expression instead of a
+JSON parser. Client frames (subscribe, pong) are rare.
 
 Modes, one per server under test:
 
@@ -27,23 +27,31 @@ parent over a pipe (see :class:`Command`), so the generator's CPU is its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import re
-import resource
-import socket
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from scorecast.loadtest.frames import CLOSE, PING, TEXT, Handshake, client_frame
+from scorecast.loadtest.client import dial, raise_file_limit
+from scorecast.loadtest.frames import (
+    BINARY,
+    CLOSE,
+    PING,
+    PONG,
+    TEXT,
+    FrameError,
+    FrameReader,
+    Handshake,
+    client_frame,
+)
 from scorecast.loadtest.histogram import LatencyHistogram
+from scorecast.loadtest.tracker import Arrival, Positions
 
-__all__ = ["MODES", "BenchConnection", "Command", "Tally", "generator_main"]
+__all__ = ["MODES", "BenchConnection", "Command", "GeneratorCounts", "generator_main"]
 
 MODES = ("scorecast", "nats", "naive")
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux 4.2+
 
 
 class Command(enum.StrEnum):
@@ -54,7 +62,7 @@ class Command(enum.StrEnum):
     EXIT = "exit"
 
 
-class Tally:
+class GeneratorCounts:
     """What one generator process saw, shared by all its connections."""
 
     def __init__(self) -> None:
@@ -65,7 +73,7 @@ class Tally:
         """A measured window starts: forget what was counted before it."""
         self.errors: dict[str, int] = {}
         self.received = 0  # events with seq beyond the connection's position
-        self.duplicates = 0  # events at or behind the position
+        self.duplicates = 0  # events at or behind the position (Arrival.repeat)
         self.gaps = 0  # events that skipped ahead
         self.first_at: float | None = None
         self.last_at = 0.0
@@ -82,10 +90,10 @@ _SNAPSHOT = re.compile(rb'"topic":"([^"]*)","seq":(\d+)')
 
 
 class BenchConnection(asyncio.Protocol):
-    """One client WebSocket. Counts into the process's :class:`Tally`."""
+    """One client WebSocket. Counts into the process's :class:`GeneratorCounts`."""
 
     __slots__ = (
-        "_buffer",
+        "_frames",
         "_handshake",
         "_nats",
         "_need",
@@ -100,7 +108,7 @@ class BenchConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, mode: str, host: str, topics: list[str], tally: Tally) -> None:
+    def __init__(self, mode: str, host: str, topics: list[str], tally: GeneratorCounts) -> None:
         self.mode = mode
         self.topics = topics
         self.tally = tally
@@ -108,11 +116,14 @@ class BenchConnection(asyncio.Protocol):
         if mode == "naive":
             path += "?topics=" + ",".join(topics)
         self._handshake: Handshake | None = Handshake(host, path)
-        self._buffer = b""
+        self._frames = FrameReader()
         self._nats = b""
         self._need = -1
         self.transport: asyncio.Transport | None = None
-        self.positions: dict[bytes, int] = {}
+        self.positions = Positions()
+        if mode != "scorecast":  # no snapshots there: every topic starts before seq 1
+            for topic in topics:
+                self.positions.snapshot(topic, 0)
         self.snapshots = 0
         self.started_at = time.time()
         self.ready_at: float | None = None
@@ -122,7 +133,7 @@ class BenchConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        transport.write(self._handshake.request)  # type: ignore[attr-defined]
+        transport.write(self._handshake.request)  # type: ignore[attr-defined,union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
@@ -162,44 +173,25 @@ class BenchConnection(asyncio.Protocol):
             self._handshake = None
             self._upgraded()
             data = rest
-        if self._buffer:
-            data = self._buffer + data
-            self._buffer = b""
+        try:
+            frames = self._frames.feed(data)
+        except FrameError as exc:
+            self.tally.error(f"frames: {exc}"[:80])
+            self.close()
+            return
         now = time.time()
-        size = len(data)
-        position = 0
-        while size - position >= 2:
-            length = data[position + 1] & 0x7F
-            head = 2
-            if length == 126:
-                if size - position < 4:
-                    break
-                length = int.from_bytes(data[position + 2 : position + 4], "big")
-                head = 4
-            elif length == 127:
-                if size - position < 10:
-                    break
-                length = int.from_bytes(data[position + 2 : position + 10], "big")
-                head = 10
-            end = position + head + length
-            if end > size:
-                break
-            opcode = data[position] & 0x0F
-            payload = data[position + head : end]
-            position = end
-            if opcode == TEXT or opcode == 0x2:
+        for opcode, payload in frames:
+            if opcode in (TEXT, BINARY):
                 if self.mode == "nats":
                     self._nats_data(payload, now)
                 else:
                     self._message(payload, now)
             elif opcode == PING:
                 if self.transport is not None:
-                    self.transport.write(client_frame(0xA, payload))
+                    self.transport.write(client_frame(PONG, payload))
             elif opcode == CLOSE:
                 self.close()
                 return
-        if position < size:
-            self._buffer = data[position:]
 
     def _upgraded(self) -> None:
         if self.mode == "scorecast":
@@ -218,7 +210,7 @@ class BenchConnection(asyncio.Protocol):
                 if match is None:
                     self.tally.error("unparsable snapshot")
                     return
-                self.positions[match[1]] = int(match[2])
+                self.positions.snapshot(match[1].decode(), int(match[2]))
                 self.snapshots += 1
                 if self.snapshots >= len(self.topics):
                     self._set_ready()
@@ -235,19 +227,17 @@ class BenchConnection(asyncio.Protocol):
         if match is None:
             tally.error("unparsable event")
             return
-        topic, seq, ts = match[1], int(match[2]), float(match[3])
-        position = self.positions.get(topic, 0)
-        if seq <= position:
+        verdict = self.positions.event(match[1].decode(), int(match[2]))
+        if verdict.repeat:
             tally.duplicates += 1
             return
-        if seq > position + 1:
+        if verdict is not Arrival.OK:  # a gap (or, on a snapshot mode, no snapshot yet)
             tally.gaps += 1
-        self.positions[topic] = seq
         tally.received += 1
         tally.last_at = now
         if tally.first_at is None:
             tally.first_at = now
-        tally.latency.record(now - ts)
+        tally.latency.record(now - float(match[3]))
 
     # --- NATS protocol over the WebSocket ----------------------------------------
 
@@ -295,7 +285,7 @@ class Generator:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.tally = Tally()
+        self.tally = GeneratorCounts()
         self.connections: list[BenchConnection] = []
 
     async def open(
@@ -313,7 +303,7 @@ class Generator:
                 connection = BenchConnection(mode, authority, topics, self.tally)
                 try:
                     async with asyncio.timeout(timeout):
-                        sock = await self._dial(host, port)
+                        sock = await dial(host, port, self.source)
                         await loop.create_connection(lambda: connection, sock=sock)
                         await connection.ready
                 except Exception as exc:  # refused, reset, timed out, bad handshake
@@ -332,25 +322,6 @@ class Generator:
             "ended": max((c.ready_at or began) for c in self.connections) if waits else began,
             "ready_seconds": waits,
         }
-
-    async def _dial(self, host: str, port: int) -> socket.socket:
-        """A socket connected from this process's source address.
-
-        ``IP_BIND_ADDRESS_NO_PORT`` defers the choice of the local port to
-        ``connect()``: a plain ``bind((source, 0))`` searches the bound ports
-        one by one, which makes opening 10,000 connections quadratic in
-        kernel time (and the generator, not the server, the bottleneck).
-        """
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-            sock.bind((self.source, 0))
-            await asyncio.get_running_loop().sock_connect(sock, (host, port))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
 
     async def expect(self, published: dict[str, int], deadline: float, quiet: float) -> dict:
         """Wait until every connection has every event ``published`` (topic -> count)
@@ -392,7 +363,7 @@ class Generator:
         for connection in self.connections:
             connection.close()
         self.connections = []
-        self.tally = Tally()  # the next scenario counts from zero
+        self.tally = GeneratorCounts()  # the next scenario counts from zero
         return count
 
 
@@ -423,9 +394,7 @@ async def _serve(pipe: Connection, source: str) -> None:
 
 def generator_main(pipe: Connection, source: str) -> None:
     """Entry point of one generator process (``multiprocessing`` target)."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_file_limit()
     try:
         import uvloop
 

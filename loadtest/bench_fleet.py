@@ -16,7 +16,7 @@ import multiprocessing
 from typing import Any, TypeVar
 
 from scorecast.loadtest.bench_clients import Command, generator_main
-from scorecast.loadtest.bench_proc import CpuTimes, ProcessTree
+from scorecast.loadtest.procstat import CpuTimes, ProcessGroup
 
 __all__ = ["Fleet"]
 
@@ -49,11 +49,7 @@ class Fleet:
         return [items[index :: self.size] for index in range(self.size)]
 
     def cpu(self) -> CpuTimes:
-        total = CpuTimes(0.0, 0.0)
-        for process in self.processes:
-            times = ProcessTree(process.pid).cpu()
-            total = CpuTimes(total.user + times.user, total.system + times.system)
-        return total
+        return ProcessGroup([process.pid for process in self.processes]).cpu()
 
     async def call(self, command: Command, arguments: list[dict[str, Any]] | None = None) -> list:
         arguments = arguments or [{}] * self.size

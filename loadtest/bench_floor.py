@@ -27,27 +27,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import signal
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
 import nats
 
 from scorecast.protocol import COMMITTED_PREFIX
-from scorecast.protocol.codec import text_frame
+from scorecast.protocol.codec import accept_value, text_frame
 
-__all__ = ["FloorConnection", "main", "serve_floor"]
+__all__ = ["FloorConnection", "main", "serve_floor", "server_main"]
 
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_HEAD = 8192
 _SUBSCRIBED = text_frame(b'{"type":"subscribed"}')
 _PREFIX = len(COMMITTED_PREFIX)  # committed.scores.<topic>
-
-
-def accept_value(key: bytes) -> bytes:
-    """RFC 6455 section 4.2.2: base64 of SHA-1 of the key and the GUID."""
-    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
 
 
 class FloorConnection(asyncio.Protocol):
@@ -144,15 +137,21 @@ async def serve_floor(nats_url: str, host: str, port: int) -> None:
         await nc.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def server_main(serve: Callable[[str, str, int], Awaitable[None]], doc: str | None,
+                argv: list[str] | None = None) -> None:  # fmt: skip
+    """The command line of a comparison server: ``--nats URL [--host H] --port P``."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--nats", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     import uvloop
 
-    uvloop.run(serve_floor(args.nats, args.host, args.port))
+    uvloop.run(serve(args.nats, args.host, args.port))
+
+
+def main(argv: list[str] | None = None) -> None:
+    server_main(serve_floor, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Run: ``python -m scorecast.loadtest.bench_naive --nats URL --port P``; prints
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 from collections import defaultdict
@@ -20,6 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import nats
 from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+from scorecast.loadtest.bench_floor import server_main
 
 __all__ = ["main", "serve_naive"]
 
@@ -58,14 +59,7 @@ async def serve_naive(nats_url: str, host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nats", required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args(argv)
-    import uvloop
-
-    uvloop.run(serve_naive(args.nats, args.host, args.port))
+    server_main(serve_naive, __doc__, argv)
 
 
 if __name__ == "__main__":

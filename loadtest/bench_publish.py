@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 
-from scorecast.protocol.envelope import encode_envelope, message_id
-from scorecast.protocol.topics import subject_for
+from scorecast.loadtest.publisher import Envelopes
 
 __all__ = ["BenchPublisher"]
 
@@ -25,26 +23,22 @@ class BenchPublisher:
 
     def __init__(self, nc, state_bytes: int = 120) -> None:
         self.nc = nc
-        self.seqs: Counter[str] = Counter()
+        self.envelopes = Envelopes()
         self.padding = "x" * max(0, state_bytes - 60)
 
-    def _body(self, topic: str) -> tuple[bytes, str]:
-        self.seqs[topic] += 1
-        seq = self.seqs[topic]
+    def _next(self, topic: str) -> tuple[str, bytes, dict[str, str]]:
+        seq = self.envelopes.seqs.get(topic, 0) + 1
         patch = {"minute": seq % 90, "home": seq % 7}
-        state = {"minute": seq % 90, "home": seq % 7, "away": 1, "note": self.padding}
-        return encode_envelope(topic, seq, time.time(), "update", patch, state), message_id(
-            topic, seq
-        )
+        return self.envelopes.next(topic, patch, state={**patch, "away": 1, "note": self.padding})
 
     async def publish(self, topic: str) -> None:
-        body, msg_id = self._body(topic)
-        await self.nc.publish(subject_for(topic), body, headers={"Nats-Msg-Id": msg_id})
+        subject, body, headers = self._next(topic)
+        await self.nc.publish(subject, body, headers=headers)
 
     async def stored(self, topic: str) -> None:
         """Publish one event and wait until JetStream has stored it (a snapshot to load)."""
-        body, msg_id = self._body(topic)
-        await self.nc.jetstream().publish(subject_for(topic), body, headers={"Nats-Msg-Id": msg_id})
+        subject, body, headers = self._next(topic)
+        await self.nc.jetstream().publish(subject, body, headers=headers)
 
     async def run(self, plan: list[str], rate: float) -> tuple[float, float]:
         """Publish one event per topic in ``plan``, ``rate`` per second (0: at once).

@@ -4,11 +4,8 @@ started here are ended before :func:`run` returns, whatever happened."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import resource
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,26 +16,21 @@ import nats
 
 from scorecast.loadtest.bench_config import BenchConfig, fleet_size
 from scorecast.loadtest.bench_fleet import Fleet
-from scorecast.loadtest.bench_proc import machine
 from scorecast.loadtest.bench_publish import BenchPublisher
 from scorecast.loadtest.bench_report import check_targets
 from scorecast.loadtest.bench_scenarios import RUNNERS, BenchContext
 from scorecast.loadtest.bench_servers import SERVERS, Backbone
+from scorecast.loadtest.client import raise_file_limit
+from scorecast.loadtest.procstat import machine
+from scorecast.loadtest.stack import checkout_revision
 from scorecast.publishers.stream import ensure_stream
 
 __all__ = ["fleet_size", "run"]
 
 
-def _raise_file_limit() -> None:
-    """Servers and generators inherit the soft limit: lift it to the hard one."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 async def run(config: BenchConfig, *, progress: Callable[[str], None] = lambda line: None) -> dict:
     """Run every scenario against every server; the result as a dict (JSON-ready)."""
-    _raise_file_limit()
+    raise_file_limit()  # servers and generators inherit the soft limit
     workdir = Path(tempfile.mkdtemp(prefix="scorecast-bench-"))
     (workdir / "js").mkdir()
     backbone = Backbone(
@@ -87,19 +79,8 @@ async def run(config: BenchConfig, *, progress: Callable[[str], None] = lambda l
 
 def _revision() -> dict:
     """The commit the servers ran from, and whether their code had local changes."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(
-                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    changed = git("status", "--porcelain", "--", "gateway", "protocol", "scorecast")
-    return {"commit": git("rev-parse", "--short", "HEAD") or None, "local_changes": bool(changed)}
+    commit, changed = checkout_revision(("gateway", "protocol", "scorecast"), untracked=True)
+    return {"commit": commit, "local_changes": changed}
 
 
 async def _one(context: BenchContext, scenario: str, name: str, progress) -> dict:

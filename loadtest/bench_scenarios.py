@@ -30,10 +30,10 @@ from pathlib import Path
 from scorecast.loadtest.bench_clients import Command
 from scorecast.loadtest.bench_config import BenchConfig
 from scorecast.loadtest.bench_fleet import Fleet
-from scorecast.loadtest.bench_proc import CpuTimes, ProcessTree
 from scorecast.loadtest.bench_publish import BenchPublisher
 from scorecast.loadtest.bench_servers import Backbone
-from scorecast.loadtest.histogram import LatencyHistogram
+from scorecast.loadtest.histogram import LatencyHistogram, to_ms
+from scorecast.loadtest.procstat import CpuTimes, ProcessGroup
 from scorecast.loadtest.zipf import ZipfTopics
 
 __all__ = ["RUNNERS", "BenchContext"]
@@ -95,20 +95,16 @@ async def _open(ctx: BenchContext, server, plan: list[list[str]], window: int) -
         "opened": opened,
         "failed": sum(answer["failed"] for answer in answers),
         "seconds": round(ended - began, 3),
-        "ready_p50_ms": _ms(_quantile(waits, 0.50)),
-        "ready_p99_ms": _ms(_quantile(waits, 0.99)),
-        "ready_max_ms": _ms(max(waits) if waits else None),
+        "ready_p50_ms": to_ms(_quantile(waits, 0.50), 2),
+        "ready_p99_ms": to_ms(_quantile(waits, 0.99), 2),
+        "ready_max_ms": to_ms(max(waits) if waits else None, 2),
     }
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)
 
 
 async def _connected(ctx: BenchContext, server, plan: list[list[str]], window: int) -> dict:
     """Start ``server``, record its memory, connect ``plan``; memory again."""
     await server.start()
-    tree = ProcessTree(server.pid)
+    tree = ProcessGroup([server.pid])
     rss_before = tree.rss()
     cpu_before, fleet_before = tree.cpu(), ctx.fleet.cpu()
     opening = await _open(ctx, server, plan, window)
@@ -138,7 +134,7 @@ async def _deliver(ctx: BenchContext, server, plan: list[list[str]], phases) -> 
     (one topic each) at ``rate`` and measure; phase figures are keyed ``prefix + name``."""
     try:
         figures = await _connected(ctx, server, plan, ctx.config.open_window)
-        tree = ProcessTree(server.pid)
+        tree = ProcessGroup([server.pid])
         for prefix, events, rate in phases:
             measured = await _measure(ctx, tree, events, rate)
             figures.update({prefix + key: value for key, value in measured.items()})
@@ -147,7 +143,7 @@ async def _deliver(ctx: BenchContext, server, plan: list[list[str]], phases) -> 
     return figures
 
 
-async def _measure(ctx: BenchContext, tree: ProcessTree, events: list[str], rate: float):
+async def _measure(ctx: BenchContext, tree: ProcessGroup, events: list[str], rate: float):
     fleet = ctx.fleet
     published = dict(Counter(events))
     duration = len(events) / rate if rate > 0 else 0.0
@@ -226,7 +222,7 @@ async def run_idle(ctx: BenchContext, server) -> dict:
     plan = [[f"idle.{server.name}.1"]] * config.size("idle")
     try:
         figures = await _connected(ctx, server, plan, config.open_window)
-        tree = ProcessTree(server.pid)
+        tree = ProcessGroup([server.pid])
         before = tree.cpu()
         await asyncio.sleep(1.0)
         figures["idle_cpu_percent"] = round((tree.cpu() - before).total * 100, 1)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import subprocess
 import sys
 import time
@@ -28,6 +27,16 @@ from pathlib import Path
 
 import nats
 
+from scorecast.loadtest.stack import (
+    LAUNCHER,
+    READY_TIMEOUT,
+    ROOT,
+    GatewayNotReady,
+    checkout_environment,
+    gateway_command,
+    stop_process,
+    wait_ready,
+)
 from scorecast.natsserver import NatsServer, find_nats_server, free_port
 
 __all__ = [
@@ -40,8 +49,7 @@ __all__ = [
     "ServerError",
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 30.0
+START_TIMEOUT = READY_TIMEOUT
 
 
 class ServerError(RuntimeError):
@@ -57,12 +65,6 @@ class Backbone(NatsServer):
 
     def _config(self) -> str:
         return super()._config() + f'leafnodes {{ listen: "{self.host}:{self.leaf_port}" }}\n'
-
-
-def _environment() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
 
 
 class _Process:
@@ -99,39 +101,15 @@ class _Process:
         raise NotImplementedError
 
     async def stop(self) -> None:
-        if self.process is None:
-            return
-        process, self.process = self.process, None
-        if process.poll() is None:
-            process.terminate()
-            try:
-                await asyncio.to_thread(process.wait, 10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                await asyncio.to_thread(process.wait)
-
-
-async def _http_ok(host: str, port: int, path: str) -> bool:
-    try:
-        reader, writer = await asyncio.open_connection(host, port)
-    except OSError:
-        return False
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        line = await asyncio.wait_for(reader.readline(), 2)
-        return b" 200 " in line
-    except (OSError, TimeoutError):
-        return False
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+        if self.process is not None:
+            process, self.process = self.process, None
+            await asyncio.to_thread(stop_process, process, timeout=10)
 
 
 class ScorecastGateway(_Process):
     name = mode = "scorecast"
     # how the gateway is run; an experiment may point this at a patched copy
-    launcher: tuple[str, ...] = (sys.executable, "-m", "scorecast.cli")
+    launcher: tuple[str, ...] = LAUNCHER
 
     def __init__(self, *args, workers: int = 1, extra: tuple[str, ...] = (), **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -140,16 +118,15 @@ class ScorecastGateway(_Process):
 
     async def start(self) -> None:
         self.port = free_port(self.host)
-        command = [*self.launcher, "--log-level", "warning", "gateway"]
-        command += ["--nats", self.backbone.url, "--host", self.host, "--port", str(self.port)]
-        command += ["--workers", str(self.workers), *self.extra]
-        self._spawn(command, env=_environment())
-        deadline = time.monotonic() + START_TIMEOUT
-        while not await _http_ok(self.host, self.port, "/readyz"):
+        options = {"host": self.host, "workers": self.workers, "extra": self.extra}
+        command = gateway_command(self.backbone.url, self.port, launcher=self.launcher, **options)
+        self._spawn(command, env=checkout_environment())
+        try:
+            await asyncio.to_thread(wait_ready, self.port, host=self.host, process=self.process,
+                                    timeout=START_TIMEOUT, interval=0.05)  # fmt: skip
+        except GatewayNotReady as error:
             self._check_alive()
-            if time.monotonic() > deadline:
-                raise ServerError(f"scorecast gateway not ready on port {self.port}")
-            await asyncio.sleep(0.05)
+            raise ServerError(f"scorecast gateway: {error}") from None
 
 
 class NaiveServer(_Process):
@@ -160,7 +137,7 @@ class NaiveServer(_Process):
         self.port = free_port(self.host)
         command = [sys.executable, "-m", self.module, "--nats", self.backbone.url]
         command += ["--host", self.host, "--port", str(self.port)]
-        self._spawn(command, env=_environment(), stdout=subprocess.PIPE)
+        self._spawn(command, env=checkout_environment(), stdout=subprocess.PIPE)
         line = await asyncio.wait_for(
             asyncio.to_thread(self.process.stdout.readline), START_TIMEOUT
         )

@@ -22,23 +22,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import contextlib
-import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
 import nats
 import orjson
 
-from scorecast.loadtest.bench_proc import ProcessTree
+from scorecast.loadtest.frames import TEXT, Handshake, client_frame
+from scorecast.loadtest.procstat import ProcessGroup
+from scorecast.loadtest.stack import metrics_of, spawn_gateway, stop_process, wait_ready
 from scorecast.natsserver import NatsServer, free_port
 from scorecast.protocol.envelope import encode_envelope, message_id
 from scorecast.protocol.topics import subject_for
@@ -61,8 +58,8 @@ class Reader(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        transport.write(self.request)
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
+        transport.write(self.request)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         if not self.ready.done():
@@ -73,7 +70,7 @@ class Reader(asyncio.Protocol):
             if not self.head.startswith((b"HTTP/1.1 101", b"HTTP/1.1 200")):
                 self.ready.set_exception(ConnectionError(self.head[:80]))
                 return
-            if self.subscribe is not None:
+            if self.subscribe is not None and self.transport is not None:
                 self.transport.write(self.subscribe)
             data, self.head = self.head[end + 4 :], b""
             self.ready.set_result(None)
@@ -86,22 +83,14 @@ class Reader(asyncio.Protocol):
             self.ready.set_exception(ConnectionError("closed"))
 
 
-def _masked_text(payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    body = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
-    return bytes((0x81, 0x80 | len(payload))) + mask + body
-
-
 async def open_clients(transport: str, port: int, count: int, sources: list[str]) -> list[Reader]:
     loop = asyncio.get_running_loop()
     host = f"127.0.0.1:{port}"
     if transport == "ws":
-        key = base64.b64encode(os.urandom(16)).decode()
-        request = (
-            f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-        subscribe = _masked_text(orjson.dumps({"type": "subscribe", "id": 1, "topics": [HOT]}))
+        request = Handshake(host).request
+        subscribe = client_frame(
+            TEXT, orjson.dumps({"type": "subscribe", "id": 1, "topics": [HOT]})
+        )
         mark = WS_MARK
     else:
         request = f"GET /sse?topics={HOT} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
@@ -135,11 +124,7 @@ async def publish(js, topic: str, first: int, count: int, pad: int) -> int:
 
 
 def metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        for line in answer.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return 0.0
+    return metrics_of(port).get(name, 0.0)
 
 
 async def measure_transport(transport, port, tree, js, args, first_seq) -> tuple[dict, int]:
@@ -158,7 +143,8 @@ async def measure_transport(transport, port, tree, js, args, first_seq) -> tuple
     seconds = time.monotonic() - started
     delivered = sum(min(r.events, args.events) for r in readers)
     for reader in readers:
-        reader.transport.abort()
+        if reader.transport is not None:
+            reader.transport.abort()
     await asyncio.sleep(1.0)
     figures = {
         "transport": transport,
@@ -214,35 +200,26 @@ async def run(args: argparse.Namespace) -> dict:
     server = NatsServer(store_dir=store, log_file=str(Path(store) / "nats.log"))
     server.start()
     port = free_port()
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "scorecast.cli", "--log-level", "warning", "gateway",
-         "--nats", server.url, "--port", str(port), "--workers", "1",
-         "--soft-limit", str(4 * 1024 * 1024), "--hard-limit", str(64 * 1024 * 1024)],
-    )  # fmt: skip
+    limits = ["--soft-limit", str(4 * 1024 * 1024), "--hard-limit", str(64 * 1024 * 1024)]
+    gateway = spawn_gateway(server.url, port, workers=1, extra=limits)
     nc = await nats.connect(server.url)
     try:
         js = nc.jetstream()
         await ensure_stream(js)
-        for _ in range(200):
-            ready = f"http://127.0.0.1:{port}/readyz"
-            with contextlib.suppress(OSError), urllib.request.urlopen(ready, timeout=1):
-                break
-            await asyncio.sleep(0.1)
-        tree = ProcessTree(gateway.pid)
+        await asyncio.to_thread(wait_ready, port, process=gateway, timeout=20)
+        tree = ProcessGroup([gateway.pid])
         seq = await publish(js, HOT, 1, 1, args.pad) + 1
-        results = {"transports": [], "coalescing": None}
+        transports = []
         for transport in ("ws", "sse"):
             figures, seq = await measure_transport(transport, port, tree, js, args, seq)
-            results["transports"].append(figures)
-        results["coalescing"] = await measure_coalescing(port, js, args.cold)
-        return results
+            transports.append(figures)
+        return {
+            "transports": transports,
+            "coalescing": await measure_coalescing(port, js, args.cold),
+        }
     finally:
         await nc.close()
-        gateway.terminate()
-        try:
-            gateway.wait(10)
-        except subprocess.TimeoutExpired:
-            gateway.kill()
+        stop_process(gateway, timeout=10)
         server.stop()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-__all__ = ["LatencyHistogram"]
+__all__ = ["LatencyHistogram", "to_ms"]
 
 SUB_BUCKETS = 16
 _SCALE = SUB_BUCKETS / math.log(2)
@@ -71,8 +71,8 @@ class LatencyHistogram:
     def summary(self) -> dict:
         """Count, mean, max and percentiles in milliseconds, for people and JSON."""
         mean = self.total / self.count if self.count else None
-        figures = {"count": self.count, "mean_ms": _ms(mean), "max_ms": _ms(self.max or None)}
-        figures.update({k + "_ms": _ms(v) for k, v in self.quantiles().items()})
+        figures = {"count": self.count, "mean_ms": to_ms(mean), "max_ms": to_ms(self.max or None)}
+        figures.update({k + "_ms": to_ms(v) for k, v in self.quantiles().items()})
         return figures
 
     def to_dict(self) -> dict:
@@ -90,5 +90,6 @@ class LatencyHistogram:
         return histogram
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
+def to_ms(seconds: float | None, digits: int = 3) -> float | None:
+    """Seconds as rounded milliseconds; None stays None (nothing was measured)."""
+    return None if seconds is None else round(seconds * 1000, digits)

@@ -50,7 +50,8 @@ from locust.runners import MasterRunner
 # ``loadtest`` package importable without installing the project
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scorecast.loadtest.tracker import Positions, Verdict
+from scorecast.loadtest.frames import parse_close
+from scorecast.loadtest.tracker import Arrival, Positions
 from scorecast.loadtest.zipf import ZipfTopics
 
 __all__ = ["RECONNECT_MESSAGE", "ScorecastUser"]
@@ -227,7 +228,7 @@ class ScorecastUser(User):
             while True:
                 opcode, payload = ws.recv_data()
                 if opcode == websocket.ABNF.OPCODE_CLOSE:
-                    code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                    code = parse_close(payload)[0]
                     if code == 1012:
                         hint = hint or 0.0
                     elif not self.leaving:
@@ -254,7 +255,7 @@ class ScorecastUser(User):
             # an event published before this link existed was replayed per since:
             # its "latency" is mostly the time away, so it is reported apart
             name = "event" if message["ts"] >= self.link_wall else "catch-up"
-            if verdict is Verdict.OK:
+            if verdict is Arrival.OK:
                 self._fire(name, latency, len(payload))
             else:
                 error = SequenceError(f"{verdict.value} on {topic}: seq {seq}")

@@ -1,9 +1,15 @@
-"""Publishes envelopes at a fixed rate, for storms that need traffic.
+"""Envelopes for the load tools and the tests, and the storm's fixed-rate publisher.
 
-Round-robin over the given topics (in a fixed shuffled order), ``rate``
-events per second in total, each a valid envelope (PROTOCOL.md section 2):
-``seq`` per topic continuing from what the stream already holds, ``ts`` the
-wall clock at publish, ``Nats-Msg-Id`` ``<topic>:<seq>``. Creates the
+:class:`Envelopes` is the one source of test envelopes (PROTOCOL.md section
+2): per topic the next ``seq`` (or one given, to craft gaps and duplicates),
+the state merge-patched from the last, ``ts`` the wall clock now, and the
+``Nats-Msg-Id`` ``<topic>:<seq>``. The storm's :class:`FixedRatePublisher`,
+the bench publisher, the faults suite's feed and the tests' raw publisher
+all take their envelopes from it.
+
+:class:`FixedRatePublisher`, for storms that need traffic: round-robin over
+the given topics (in a fixed shuffled order), ``rate`` events per second in
+total, ``seq`` per topic continuing from what the stream already holds. Creates the
 ``SCORES`` stream when it is missing (gateways never do), with the
 publishers' own :func:`publishers.stream.ensure_stream`. Publishes due in
 the same 10 ms tick go out together on the one NATS connection, which keeps
@@ -16,18 +22,43 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 from nats.js.errors import NotFoundError
 
 from scorecast.protocol import STREAM_NAME
 from scorecast.protocol.envelope import encode_envelope, message_id
+from scorecast.protocol.merge_patch import apply_patch
 from scorecast.protocol.topics import subject_for
 from scorecast.publishers.stream import ensure_stream
 
-__all__ = ["FixedRatePublisher"]
+__all__ = ["Envelopes", "FixedRatePublisher"]
 
 TICK = 0.01
+
+
+class Envelopes:
+    """The next envelope per topic: ``(subject, body, headers)``."""
+
+    __slots__ = ("seqs", "states")
+
+    def __init__(self) -> None:
+        self.seqs: dict[str, int] = {}
+        self.states: dict[str, Any] = {}
+
+    def next(
+        self, topic: str, patch: Any, kind: str = "update", *, seq: int | None = None,
+        state: Any = None,
+    ) -> tuple[str, bytes, dict[str, str]]:  # fmt: skip
+        """The envelope after the last one of ``topic`` (or at ``seq``); its state is
+        the last merge-patched with ``patch`` unless ``state`` is given."""
+        seq = seq or self.seqs.get(topic, 0) + 1
+        if state is None:
+            state = apply_patch(self.states.get(topic), patch)
+        self.seqs[topic], self.states[topic] = seq, state
+        body = encode_envelope(topic, seq, time.time(), kind, patch, state)
+        return subject_for(topic), body, {"Nats-Msg-Id": message_id(topic, seq)}
 
 
 class FixedRatePublisher:
@@ -40,7 +71,8 @@ class FixedRatePublisher:
         self.topics = list(topics)
         random.Random(seed).shuffle(self.topics)
         self.rate = rate
-        self.seqs: dict[str, int] = {}
+        self.envelopes = Envelopes()
+        self.seqs = self.envelopes.seqs
         self.published = 0
         self.errors = 0
 
@@ -85,13 +117,11 @@ class FixedRatePublisher:
             on_second(last_second, self.published - reported)
 
     async def _publish(self, topic: str) -> None:
-        seq = self.seqs[topic] = self.seqs[topic] + 1
-        patch = {"n": seq}
-        body = encode_envelope(topic, seq, time.time(), "tick", patch, {"n": seq})
-        headers = {"Nats-Msg-Id": message_id(topic, seq)}
+        seq = self.seqs[topic] + 1
+        subject, body, headers = self.envelopes.next(topic, {"n": seq}, "tick", state={"n": seq})
         for _attempt in range(2):  # a retry with the same id is stored once
             try:
-                await self.js.publish(subject_for(topic), body, headers=headers)
+                await self.js.publish(subject, body, headers=headers)
                 self.published += 1
                 return
             except Exception:

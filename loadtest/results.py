@@ -9,7 +9,7 @@ publisher's counts and, when it can reach them, the gateways' own counters.
 
 from __future__ import annotations
 
-from scorecast.loadtest.histogram import LatencyHistogram
+from scorecast.loadtest.histogram import LatencyHistogram, to_ms
 from scorecast.loadtest.tally import COUNTERS, ERROR_COUNTERS, HISTOGRAMS
 
 __all__ = ["GATEWAY_COUNTERS", "RESULT_VERSION", "StormResults"]
@@ -114,12 +114,12 @@ class StormResults:
             "published": data.published,
             "errors": sum(counters[name] for name in ERROR_COUNTERS),
             **{name: counters[name] for name in (*ERROR_COUNTERS, "reconnects", "forced_drops")},
-            "delivery_p50_ms": _ms(delivery["p50"]),
-            "delivery_p90_ms": _ms(delivery["p90"]),
-            "delivery_p99_ms": _ms(delivery["p99"]),
-            "delivery_max_ms": _ms(data.delivery.max or None),
-            "connect_p50_ms": _ms(connect.quantile(0.5)),
-            "connect_p99_ms": _ms(connect.quantile(0.99)),
+            "delivery_p50_ms": to_ms(delivery["p50"]),
+            "delivery_p90_ms": to_ms(delivery["p90"]),
+            "delivery_p99_ms": to_ms(delivery["p99"]),
+            "delivery_max_ms": to_ms(data.delivery.max or None),
+            "connect_p50_ms": to_ms(connect.quantile(0.5)),
+            "connect_p99_ms": to_ms(connect.quantile(0.99)),
             "workers_reporting": data.reports,
         }
         previous = self.seconds.get(second - 1)
@@ -211,10 +211,6 @@ class StormResults:
             "workers": workers,
             "failures": self.failures,
         }
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
 
 
 def _show(ms: float | None) -> str:

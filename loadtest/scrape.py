@@ -1,8 +1,8 @@
 """Reads a gateway's ``/metrics`` during a storm, to set its view beside ours.
 
-A plain HTTP/1.0 GET over asyncio streams (no client library needed for one
-request a second) parsed with ``prometheus_client``'s text parser. Samples
-come back as ``{name: value}`` with labels folded into the name
+The harness's one GET (:func:`scorecast.loadtest.stack.metrics_of`, in a
+thread) parsed with ``prometheus_client``'s text parser. Samples come back as
+``{name: value}`` with labels folded into the name
 (``scorecast_handshakes_refused_total{reason="full"}``).
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from scorecast.loadtest.stack import metrics_of
 
 __all__ = ["parse_metrics", "scrape"]
 
@@ -25,16 +27,5 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 async def scrape(host: str, port: int, timeout: float = 2.0) -> dict[str, float]:
-    """One ``GET /metrics``; raises OSError, TimeoutError or ValueError."""
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            writer.write(f"GET /metrics HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
-            response = await reader.read()
-        finally:
-            writer.close()
-    head, _, body = response.partition(b"\r\n\r\n")
-    status_line = head.partition(b"\r\n")[0]
-    if status_line.split(b" ", 2)[1:2] != [b"200"]:
-        raise ValueError(f"GET /metrics answered {status_line[:80]!r}")
-    return parse_metrics(body.decode())
+    """One ``GET /metrics``; raises OSError (TimeoutError among them) or ValueError."""
+    return await asyncio.to_thread(metrics_of, port, host, timeout)

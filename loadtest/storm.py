@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import platform
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -38,6 +37,7 @@ from typing import TextIO
 from scorecast.loadtest.procstat import Machine, ProcessGroup
 from scorecast.loadtest.results import StormResults
 from scorecast.loadtest.scrape import scrape
+from scorecast.loadtest.stack import checkout_revision
 from scorecast.loadtest.storm_settings import (
     StormError,
     StormSettings,
@@ -70,18 +70,8 @@ def _machine() -> dict:
 def _revision() -> str | None:
     """The checkout's commit (+ "-dirty" with uncommitted changes): which gateway
     a result measured. None outside a git checkout."""
-    root = Path(__file__).resolve().parent.parent
-    git = ["git", "-C", str(root)]
-    try:
-        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=5)  # fmt: skip
-        status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=5)  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if head.returncode != 0:
-        return None
-    return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
+    commit, changed = checkout_revision()
+    return commit and commit + ("-dirty" if changed else "")
 
 
 class _Run:

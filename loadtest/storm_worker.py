@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scorecast.loadtest.client import StormClient, Target
+from scorecast.loadtest.client import StormClient, Target, raise_file_limit
 from scorecast.loadtest.frames import HandshakeError, WebSocketError
 from scorecast.loadtest.tally import Tally
 from scorecast.loadtest.zipf import ZipfTopics
@@ -222,13 +222,6 @@ class Worker:
         }
 
 
-def _raise_file_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
 def worker_process(plan: StormPlan, index: int, queue, start, t0, stop) -> None:
     """Entry point of a spawned worker; talks to the parent only through ``queue``."""
     try:
@@ -238,7 +231,7 @@ def worker_process(plan: StormPlan, index: int, queue, start, t0, stop) -> None:
     except ImportError:  # pragma: no cover
         run = asyncio.run
     try:
-        files = _raise_file_limit()
+        files = raise_file_limit()
         queue.put({"kind": "ready", "worker": index, "pid": os.getpid(), "files": files})
         if not start.wait(120):
             return

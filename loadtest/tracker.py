@@ -1,24 +1,19 @@
-"""Checks the delivery guarantee (PROTOCOL.md section 4) for one connection.
+"""Checks the delivery guarantee (PROTOCOL.md section 4) for one logical client.
 
 Sans-I/O. Feed it every ``snapshot`` and ``event`` frame; it keeps each
 topic's position across reconnects (which is what ``since`` is built from)
-and names each violation: an event before any snapshot, a gap, a duplicate,
-or a step backwards.
+and names each event with :class:`scorecast.protocol.sequence.Arrival`, the
+rule the client SDK enforces too: the next one, an event before any
+snapshot, a gap, a duplicate, or a step backwards. The one sequence checker
+of the load tools and the tests (``tests.support.check_sequence`` asserts
+with it).
 """
 
 from __future__ import annotations
 
-import enum
+from scorecast.protocol.sequence import Arrival, arrival
 
-__all__ = ["Positions", "Verdict"]
-
-
-class Verdict(enum.Enum):
-    OK = "ok"
-    NO_SNAPSHOT = "no_snapshot"  # an event on a topic that never had a starting point
-    GAP = "gap"  # seq jumped past previous + 1
-    DUPLICATE = "duplicate"  # seq equal to the position
-    BACKWARDS = "backwards"  # seq below the position
+__all__ = ["Arrival", "Positions"]
 
 
 class Positions:
@@ -33,18 +28,13 @@ class Positions:
         """A snapshot sets the position, whatever it was (a reset stream may go lower)."""
         self.seqs[topic] = seq
 
-    def event(self, topic: str, seq: int) -> Verdict:
-        position = self.seqs.get(topic)
-        if position is None:
-            return Verdict.NO_SNAPSHOT
-        if seq == position + 1:
+    def event(self, topic: str, seq: int) -> Arrival:
+        """What this event is; the next one and a gap move the position to it
+        (so one gap is reported once, not on every later event)."""
+        verdict = arrival(self.seqs.get(topic), seq)
+        if verdict is Arrival.OK or verdict is Arrival.GAP:
             self.seqs[topic] = seq
-            return Verdict.OK
-        if seq > position + 1:
-            # count it and move on, so one gap is reported once, not on every later event
-            self.seqs[topic] = seq
-            return Verdict.GAP
-        return Verdict.DUPLICATE if seq == position else Verdict.BACKWARDS
+        return verdict
 
     def since(self, topics: list[str]) -> dict[str, int]:
         """The ``since`` map for a resubscribe: topics that have a position."""

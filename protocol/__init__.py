@@ -8,6 +8,7 @@ Pure data and pure functions: no I/O, no asyncio, no NATS, no websockets.
 - :mod:`protocol.codec`       decode client frames, encode gateway frames once
 - :mod:`protocol.errors`      the error tree and its wire codes
 - :mod:`protocol.merge_patch` RFC 7386 JSON Merge Patch
+- :mod:`protocol.sequence`    the delivery guarantee: what an event's seq is
 """
 
 PROTOCOL_VERSION = 1

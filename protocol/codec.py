@@ -3,11 +3,15 @@
 ``decode_client`` raises a :class:`~protocol.errors.ClientError` whose ``code``
 is the wire error code, carrying the request ``id`` when the request had one.
 ``text_frame`` turns an encoded payload into the bytes of an unmasked server
-WebSocket text frame, so one event is serialised once for all subscribers.
+WebSocket text frame, so one event is serialised once for all subscribers;
+``frame_header`` is the frame head it and the load tools' client frames share,
+``accept_value`` the handshake's answer to a key, for both ends.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import struct
 from typing import Any
 
@@ -30,7 +34,7 @@ from scorecast.protocol.messages import (
 )
 from scorecast.protocol.topics import is_valid_topic
 
-__all__ = ["decode_client", "encode", "error_payload", "text_frame"]
+__all__ = ["accept_value", "decode_client", "encode", "error_payload", "frame_header", "text_frame"]
 
 
 class _Header(msgspec.Struct):
@@ -87,13 +91,27 @@ def error_payload(error: ClientError) -> bytes:
 
 
 _TEXT = 0x81  # FIN + opcode 1
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def accept_value(key: bytes) -> bytes:
+    """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key`` (RFC 6455 section
+    4.2.2): base64 of SHA-1 of the key and the GUID."""
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+
+
+def frame_header(first: int, size: int, mask_bit: int = 0) -> bytes:
+    """The head of one WebSocket frame (RFC 6455 5.2) up to the masking key:
+    ``first`` is FIN, RSV and opcode; ``mask_bit`` is 0x80 for a masked
+    (client) frame. The one framing rule of the project: the gateway's text
+    frames and the load tools' client frames (``loadtest.frames``) use it."""
+    if size < 126:
+        return bytes((first, mask_bit | size))
+    if size < 65536:
+        return struct.pack("!BBH", first, mask_bit | 126, size)
+    return struct.pack("!BBQ", first, mask_bit | 127, size)
 
 
 def text_frame(payload: bytes) -> bytes:
     """An unmasked, unfragmented server-to-client text frame (RFC 6455 5.2)."""
-    size = len(payload)
-    if size < 126:
-        return bytes((_TEXT, size)) + payload
-    if size < 65536:
-        return struct.pack("!BBH", _TEXT, 126, size) + payload
-    return struct.pack("!BBQ", _TEXT, 127, size) + payload
+    return frame_header(_TEXT, len(payload)) + payload

@@ -3,39 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import base64
+import collections
 import contextlib
-import os
 import socket
 import subprocess
-import sys
 import time
-import urllib.request
-from typing import Any
 
 import orjson
-from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
-from scorecast.protocol import COMMITTED_PREFIX, STREAM_NAME
-from scorecast.protocol.envelope import encode_envelope, message_id
-from scorecast.protocol.merge_patch import apply_patch
-from scorecast.protocol.topics import subject_for
+from scorecast.loadtest import stack
+from scorecast.loadtest.frames import CLOSE, TEXT, FrameReader, Handshake, client_frame, parse_close
+from scorecast.loadtest.publisher import Envelopes
+from scorecast.loadtest.stack import metrics_of
+from scorecast.loadtest.tracker import Arrival, Positions
+from scorecast.publishers.stream import ensure_stream
 
 
 async def create_stream(js, history: int = 1000) -> None:
-    await js.add_stream(
-        StreamConfig(
-            name=STREAM_NAME,
-            subjects=["scores.>"],
-            storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
-            max_msgs_per_subject=history,
-            duplicate_window=120.0,
-            republish=RePublish(src="scores.>", dest=COMMITTED_PREFIX + ">"),
-        )
-    )
+    """The SCORES stream, created as publishers create it (their own code)."""
+    await ensure_stream(js, history=history)
 
 
 class RawPublisher:
@@ -43,18 +30,33 @@ class RawPublisher:
 
     def __init__(self, js) -> None:
         self.js = js
-        self.states: dict[str, Any] = {}
-        self.seqs: dict[str, int] = {}
+        self.envelopes = Envelopes()
+        self.states, self.seqs = self.envelopes.states, self.envelopes.seqs
 
     async def publish(self, topic: str, patch: dict, kind: str = "update", seq: int | None = None):
-        seq = seq or self.seqs.get(topic, 0) + 1
-        state = apply_patch(self.states.get(topic), patch)
-        self.states[topic], self.seqs[topic] = state, seq
-        body = encode_envelope(topic, seq, time.time(), kind, patch, state)
-        await self.js.publish(
-            subject_for(topic), body, headers={"Nats-Msg-Id": message_id(topic, seq)}
-        )
-        return seq
+        subject, body, headers = self.envelopes.next(topic, patch, kind, seq=seq)
+        await self.js.publish(subject, body, headers=headers)
+        return self.seqs[topic]
+
+
+async def first_match(messages: list, predicate, arrived: asyncio.Event, ended, timeout: float,
+                      wake: float | None = None):  # fmt: skip
+    """The first of ``messages`` (a list a reader appends to, setting ``arrived``)
+    matching ``predicate``; TimeoutError after ``timeout`` or once ``ended()``.
+    ``wake``: look again at least this often, even without ``arrived``."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while True:
+        for message in messages[seen:]:
+            if predicate(message):
+                return message
+        seen = len(messages)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or ended():
+            raise TimeoutError(f"no matching message; got {messages[-5:]}")
+        arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(arrived.wait(), min(remaining, wake or remaining))
 
 
 class Recorder:
@@ -87,19 +89,9 @@ class Recorder:
 
     async def wait_for(self, predicate, timeout: float = 10.0) -> dict:
         """The first recorded message matching ``predicate`` (waits for it)."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for message in self.messages[seen:]:
-                if predicate(message):
-                    return message
-            seen = len(self.messages)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._reader.done():
-                raise TimeoutError(f"no matching message; got {self.messages[-5:]}")
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+        return await first_match(
+            self.messages, predicate, self._arrived, self._reader.done, timeout
+        )
 
     def of(self, topic: str) -> list[dict]:
         return [m for m in self.messages if m.get("topic") == topic]
@@ -113,17 +105,18 @@ class Recorder:
         return self.ws.close_code
 
 
-def check_sequence(messages: list[dict]) -> int:
-    """Assert the contract's ordering for one topic's frames; return last seq."""
-    position = None
+def check_sequence(messages: list[dict]) -> int | None:
+    """Assert the contract's ordering for one topic's frames (the load tools'
+    own checker, :class:`~scorecast.loadtest.tracker.Positions`); return the last seq."""
+    positions, position = Positions(), None
     for message in messages:
+        topic, position = message["topic"], message["seq"]
         if message["type"] == "snapshot":
-            position = message["seq"]
+            positions.snapshot(topic, position)
         else:
             assert message["type"] == "event", message
-            assert position is not None, "an event before any snapshot"
-            assert message["seq"] == position + 1, f"expected {position + 1}, got {message}"
-            position = message["seq"]
+            verdict = positions.event(topic, position)
+            assert verdict is Arrival.OK, f"{verdict.value}: {message} after {positions.seqs}"
     return position
 
 
@@ -133,12 +126,15 @@ def ws_url(gateway, query: str = "") -> str:
 
 class RawClient:
     """A WebSocket client on a bare socket that reads only when told to, with
-    a tiny receive buffer: the slow phone on a bad network."""
+    a tiny receive buffer: the slow phone on a bad network. Framing is the load
+    tools' own (:mod:`scorecast.loadtest.frames`)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.messages: list[dict] = []
         self.close_code: int | None = None
+        self._frames = FrameReader(max_size=1 << 24)
+        self._unread: collections.deque[tuple[int, bytes]] = collections.deque()
 
     @classmethod
     async def open(cls, port: int, receive_buffer: int = 4096) -> RawClient:
@@ -148,54 +144,44 @@ class RawClient:
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
         # a small limit: the reader stops taking bytes off the socket when not read
         reader, writer = await asyncio.open_connection(sock=sock, limit=2**14)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            (
-                f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101"), head
-        return cls(reader, writer)
+        handshake = Handshake(f"127.0.0.1:{port}")
+        writer.write(handshake.request)
+        rest = None
+        while rest is None:
+            data = await reader.read(4096)
+            if not data:
+                raise ConnectionError("closed during the handshake")
+            rest = handshake.receive(data)
+        client = cls(reader, writer)
+        client._unread.extend(client._frames.feed(rest))
+        return client
 
     async def send(self, message: dict) -> None:
-        await self.send_frame(0x1, orjson.dumps(message))
+        await self.send_frame(TEXT, orjson.dumps(message))
 
     async def send_frame(self, opcode: int, payload: bytes) -> None:
         """One masked frame with any opcode and payload, valid or not."""
-        mask = os.urandom(4)
-        masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
-        size = len(payload)
-        if size < 126:
-            header = bytes((0x80 | opcode, 0x80 | size))
-        elif size < 65536:
-            header = bytes((0x80 | opcode, 0x80 | 126)) + size.to_bytes(2)
-        else:
-            header = bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8)
-        self.writer.write(header + mask + masked)
+        self.writer.write(client_frame(opcode, payload))
         await self.writer.drain()
 
     async def read_frame(self) -> dict | None:
         """The next data frame as JSON; None once a close frame arrived."""
-        first, second = await self.reader.readexactly(2)
-        size = second & 0x7F
-        if size == 126:
-            size = int.from_bytes(await self.reader.readexactly(2))
-        elif size == 127:
-            size = int.from_bytes(await self.reader.readexactly(8))
-        payload = await self.reader.readexactly(size)
-        if first & 0x0F == 0x8:
-            self.close_code = int.from_bytes(payload[:2]) if len(payload) >= 2 else 1005
-            with contextlib.suppress(ConnectionError):  # answer it, as clients must
-                await self.send_frame(0x8, payload[:2])
-            return None
-        if first & 0x0F != 0x1:
-            return await self.read_frame()  # a ping: not a message
-        message = orjson.loads(payload)
-        self.messages.append(message)
-        return message
+        while True:
+            while not self._unread:
+                data = await self.reader.read(2**16)
+                if not data:
+                    raise asyncio.IncompleteReadError(b"", None)
+                self._unread.extend(self._frames.feed(data))
+            opcode, payload = self._unread.popleft()
+            if opcode == CLOSE:
+                self.close_code = parse_close(payload)[0]
+                with contextlib.suppress(ConnectionError):  # answer it, as clients must
+                    await self.send_frame(CLOSE, payload[:2])
+                return None
+            if opcode == TEXT:  # not a ping: a message
+                message = orjson.loads(payload)
+                self.messages.append(message)
+                return message
 
     async def read_until(self, predicate, timeout: float = 30.0) -> dict | None:
         async with asyncio.timeout(timeout):
@@ -214,29 +200,9 @@ class RawClient:
 def scrape_metrics(port: int) -> dict[str, float]:
     """A gateway's /metrics, parsed with prometheus-client's own parser
     (unlabelled samples only)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if not sample.labels
-    }
+    return {name: value for name, value in metrics_of(port).items() if "{" not in name}
 
 
 def start_gateway(nats_url: str, port: int, *extra: str) -> subprocess.Popen:
     """`scorecast gateway` as a real process; returns once /readyz says 200."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scorecast.cli", "--log-level", "warning", "gateway",
-         "--nats", nats_url, "--port", str(port), *extra],
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
-                if answer.status == 200:
-                    return process
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise TimeoutError("gateway did not become ready")
+    return stack.start_gateway(nats_url, port, extra=extra, timeout=20)

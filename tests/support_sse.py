@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
 
 import orjson
+
+from tests.support import first_match
 
 
 class SseReader:
@@ -116,19 +117,11 @@ class SseReader:
 
     async def wait_for(self, predicate, timeout: float = 15.0) -> dict:
         """The first message whose data matches ``predicate``."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for message in self.messages[seen:]:
-                if predicate(message["data"]):
-                    return message["data"]
-            seen = len(self.messages)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.ended:
-                raise TimeoutError(f"no matching message; got {self.messages[-5:]}")
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), min(remaining, 1.0))
+        message = await first_match(
+            self.messages, lambda m: predicate(m["data"]), self._arrived, lambda: self.ended,
+            timeout, wake=1.0,
+        )  # fmt: skip
+        return message["data"]
 
     async def wait_end(self, timeout: float = 30.0) -> None:
         async with asyncio.timeout(timeout):

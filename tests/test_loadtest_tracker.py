@@ -10,21 +10,21 @@ import pytest
 from scorecast.loadtest.histogram import LatencyHistogram
 from scorecast.loadtest.results import StormResults
 from scorecast.loadtest.tally import Tally
-from scorecast.loadtest.tracker import Positions, Verdict
+from scorecast.loadtest.tracker import Arrival, Positions
 from scorecast.loadtest.zipf import ZipfTopics
 
 
 def test_positions_name_every_violation_once():
     positions = Positions()
-    assert positions.event("a", 1) is Verdict.NO_SNAPSHOT
+    assert positions.event("a", 1) is Arrival.NO_SNAPSHOT
     positions.snapshot("a", 3)
-    assert positions.event("a", 4) is Verdict.OK
-    assert positions.event("a", 4) is Verdict.DUPLICATE
-    assert positions.event("a", 2) is Verdict.BACKWARDS
-    assert positions.event("a", 7) is Verdict.GAP
-    assert positions.event("a", 8) is Verdict.OK  # a gap is reported once
+    assert positions.event("a", 4) is Arrival.OK
+    assert positions.event("a", 4) is Arrival.DUPLICATE
+    assert positions.event("a", 2) is Arrival.BACKWARDS
+    assert positions.event("a", 7) is Arrival.GAP
+    assert positions.event("a", 8) is Arrival.OK  # a gap is reported once
     positions.snapshot("a", 1)  # a reset stream: the snapshot wins
-    assert positions.event("a", 2) is Verdict.OK
+    assert positions.event("a", 2) is Arrival.OK
     assert positions.since(["a", "b"]) == {"a": 2}
 
 

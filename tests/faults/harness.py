@@ -2,10 +2,11 @@
 watched, lean raw-protocol clients, a pipelined publisher, the final check
 against the stream, and one report line per scenario.
 
-The sequence checker is :class:`loadtest.tracker.Positions` (the storm's own);
-frames are parsed with :mod:`loadtest.frames`. A client's state is its last
-snapshot merge-patched by the events after it, compared with the ``state`` of
-the stream's newest message for each topic.
+A client is the storm's own (:class:`scorecast.loadtest.client.StormClient`:
+its framing, sequence checker and counters) that also keeps each topic's
+state: its last snapshot merge-patched by the events after it, compared with
+the ``state`` of the stream's newest message for each topic. Gateways are
+started and awaited with :mod:`scorecast.loadtest.stack`.
 """
 
 from __future__ import annotations
@@ -16,29 +17,19 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import orjson
 
-from scorecast.loadtest.frames import (
-    CLOSE,
-    PING,
-    PONG,
-    TEXT,
-    FrameReader,
-    Handshake,
-    client_frame,
-    close_payload,
-    parse_close,
-)
-from scorecast.loadtest.tracker import Positions, Verdict
+from scorecast.loadtest.client import StormClient, Target
+from scorecast.loadtest.procstat import resident_bytes
+from scorecast.loadtest.publisher import Envelopes
+from scorecast.loadtest.stack import http_get, spawn_gateway, stop_process, wait_ready
+from scorecast.loadtest.tally import Tally
 from scorecast.natsserver import free_port
 from scorecast.protocol import STREAM_NAME
-from scorecast.protocol.envelope import encode_envelope, message_id
 from scorecast.protocol.merge_patch import apply_patch
 from scorecast.protocol.topics import subject_for
 
@@ -51,18 +42,16 @@ LOG_LEVEL = os.environ.get("SCORECAST_FAULTS_LOG", "error")  # the gateways' log
 
 
 class GatewayProcess:
-    """``scorecast gateway`` as a real process (one worker), memory sampled."""
+    """``scorecast gateway`` as a real process (one worker), memory sampled;
+    started and awaited with the one harness, :mod:`scorecast.loadtest.stack`."""
 
     running: list[GatewayProcess] = []  # stopped by the suite's fixture at the end
 
     def __init__(self, nats_urls: list[str], *extra: str) -> None:
         GatewayProcess.running.append(self)
         self.port = free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "scorecast.cli", "--log-level", LOG_LEVEL, "gateway",
-             "--workers", "1", "--nats", ",".join(nats_urls), "--port", str(self.port),
-             *extra],
-        )  # fmt: skip
+        self.process = spawn_gateway(",".join(nats_urls), self.port, workers=1,
+                                     log_level=LOG_LEVEL, extra=extra)  # fmt: skip
         self.peak = 0
         self._sampler: asyncio.Task[None] | None = None
 
@@ -71,18 +60,13 @@ class GatewayProcess:
         return self.process.pid
 
     async def ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while (await self.http("/readyz"))[0] != 200:
-            assert time.monotonic() < deadline, "gateway never became ready"
-            await asyncio.sleep(0.2)
+        await asyncio.to_thread(
+            wait_ready, self.port, process=self.process, timeout=timeout, interval=0.2
+        )
         self._sampler = asyncio.get_running_loop().create_task(self._sample())
 
     def rss(self) -> int:
-        try:
-            pages = int(Path(f"/proc/{self.pid}/statm").read_text().split()[1])
-        except (OSError, IndexError, ValueError):
-            return 0
-        return pages * os.sysconf("SC_PAGE_SIZE")
+        return resident_bytes(self.pid)
 
     async def _sample(self) -> None:
         while True:
@@ -92,21 +76,10 @@ class GatewayProcess:
     async def http(self, path: str) -> tuple[int, str]:
         """(status, body) of a GET; (0, reason) when it does not answer."""
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", self.port), 3
-            )
-        except (OSError, TimeoutError) as exc:
+            status, body = await asyncio.to_thread(http_get, "127.0.0.1", self.port, path, 3)
+        except OSError as exc:
             return 0, repr(exc)
-        try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-            answer = await asyncio.wait_for(reader.read(), 3)
-        except (OSError, TimeoutError) as exc:
-            return 0, repr(exc)
-        finally:
-            writer.close()
-        head, _, body = answer.partition(b"\r\n\r\n")
-        parts = head.split()
-        return (int(parts[1]) if len(parts) > 1 else 0), body.decode(errors="replace")
+        return status, body.decode(errors="replace")
 
     def stop(self) -> None:
         if self.process.poll() is not None:
@@ -115,97 +88,56 @@ class GatewayProcess:
             self._sampler.cancel()
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGCONT)
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, signal.SIGINT)
 
 
 # --- clients ------------------------------------------------------------------------
 
 
-class FaultClient(asyncio.Protocol):
-    """One logical client: positions and state survive its reconnects (which
-    resubscribe with ``since``). ``reading=False`` makes a stalled phone: a
-    tiny receive buffer and no reads until :meth:`read_again`."""
+class FaultClient(StormClient):
+    """One logical client: the storm's own (:class:`~scorecast.loadtest.client.StormClient`:
+    positions and counts survive its reconnects, which resubscribe with
+    ``since``), plus each topic's state and how its last link ended.
+    ``reading=False`` makes a stalled phone: a tiny receive buffer and no reads
+    once subscribed, until :meth:`read_again`."""
+
+    max_frame = 16 * MB
 
     def __init__(self, topics: list[str], *, reading: bool = True) -> None:
-        self.topics = topics
+        super().__init__(topics, Tally())
         self.reading = reading
-        self.positions = Positions()
         self.states: dict[str, object] = {}
-        self.verdicts: dict[str, int] = {}
-        self.events = 0
-        self.snapshots = 0
         self.close_code: int | None = None
-        self.transport: asyncio.Transport | None = None
-        self._handshake: Handshake | None = None
-        self._reader = FrameReader(max_size=16 * MB)
-        self._subscribed: asyncio.Future[None] | None = None
-        self.lost: asyncio.Event = asyncio.Event()
+        self.lost = asyncio.Event()
         self.lost_by: str | None = None
 
-    async def connect(self, port: int, timeout: float = 20.0) -> None:
-        loop = asyncio.get_running_loop()
-        self._handshake = Handshake(f"127.0.0.1:{port}")
-        self._reader = FrameReader(max_size=16 * MB)
-        self._subscribed = loop.create_future()
+    @property
+    def snapshots(self) -> int:
+        return self.tally.snapshots
+
+    async def connect_to(self, port: int, timeout: float = 20.0) -> None:
         self.lost.clear()
         self.close_code = None
-        sock = socket.socket()
-        if not self.reading:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        async with asyncio.timeout(timeout):
-            await loop.sock_connect(sock, ("127.0.0.1", port))
-            await loop.create_connection(lambda: self, sock=sock)
-            await self._subscribed
+        target, buffer = Target("127.0.0.1", port), None if self.reading else 4096
+        await self.connect(target, None, timeout, receive_buffer=buffer)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self._handshake.request)  # type: ignore[union-attr]
+    def _message(self, payload: bytes) -> None:
+        super()._message(payload)
+        frame = orjson.loads(payload)
+        if frame["type"] == "event":
+            topic = frame["topic"]
+            self.states[topic] = apply_patch(self.states.get(topic), frame["data"])
+        elif frame["type"] == "snapshot":
+            self.states[frame["topic"]] = frame["state"]
 
-    def data_received(self, data: bytes) -> None:
-        if self._handshake is not None:
-            rest = self._handshake.receive(data)
-            if rest is None:
-                return
-            self._handshake = None
-            request = {"type": "subscribe", "id": 1, "topics": self.topics}
-            since = self.positions.since(self.topics)
-            if since:
-                request["since"] = since
-            self.transport.write(client_frame(TEXT, orjson.dumps(request)))
-            data = rest
-        for opcode, payload in self._reader.feed(data):
-            if opcode == TEXT:
-                self._message(orjson.loads(payload))
-            elif opcode == PING:
-                self.transport.write(client_frame(PONG, payload))
-            elif opcode == CLOSE:
-                self.close_code = parse_close(payload)[0]
-                self.transport.write(client_frame(CLOSE, close_payload(self.close_code)))
-                self.transport.close()
-        if not self.reading and self._subscribed is not None and self._subscribed.done():
+    def _subscribed(self) -> None:
+        super()._subscribed()
+        if not self.reading and self.transport is not None:
             self.transport.pause_reading()
 
-    def _message(self, frame: dict) -> None:
-        kind = frame["type"]
-        if kind == "event":
-            self.events += 1
-            topic = frame["topic"]
-            verdict = self.positions.event(topic, frame["seq"])
-            if verdict is not Verdict.OK:
-                self.verdicts[verdict.value] = self.verdicts.get(verdict.value, 0) + 1
-            self.states[topic] = apply_patch(self.states.get(topic), frame["data"])
-        elif kind == "snapshot":
-            self.snapshots += 1
-            self.positions.snapshot(frame["topic"], frame["seq"])
-            self.states[frame["topic"]] = frame["state"]
-        elif kind == "subscribed" and self._subscribed and not self._subscribed.done():
-            self._subscribed.set_result(None)
+    def _closed_by_server(self, code: int, reason: str) -> None:
+        self.close_code = code
+        super()._closed_by_server(code, reason)
 
     def read_again(self) -> None:
         """Back in coverage: reads again, with an ordinary receive window."""
@@ -216,16 +148,9 @@ class FaultClient(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
             self.transport.resume_reading()
 
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(client_frame(CLOSE, close_payload(1000)))
-            self.transport.close()
-
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
+        super().connection_lost(exc)
         self.lost_by = repr(exc) if exc is not None else None
-        if self._subscribed is not None and not self._subscribed.done():
-            self._subscribed.set_exception(ConnectionError("closed before subscribed"))
         self.lost.set()
 
 
@@ -234,7 +159,7 @@ async def open_clients(port: int, topic_sets: list[list[str]], **kwargs) -> list
     every topic (unless it does not read)."""
     clients = [FaultClient(topics, **kwargs) for topics in topic_sets]
     for start in range(0, len(clients), 50):  # 50 handshakes at a time
-        await asyncio.gather(*(c.connect(port) for c in clients[start : start + 50]))
+        await asyncio.gather(*(c.connect_to(port) for c in clients[start : start + 50]))
     deadline = time.monotonic() + 30
     while any(c.reading and len(c.positions.seqs) < len(c.topics) for c in clients):
         assert time.monotonic() < deadline, "clients never got their first snapshots"
@@ -252,24 +177,19 @@ class Feed:
 
     def __init__(self, js, pad: int = 0) -> None:
         self.js = js
-        self.seqs: dict[str, int] = {}
-        self.states: dict[str, dict] = {}
+        self.envelopes = Envelopes()
         self.pad = "x" * pad
         self.published = 0
         self.retries = 0
 
-    def _next(self, topic: str) -> tuple[int, bytes]:
-        seq = self.seqs.get(topic, 0) + 1
-        patch = {"n": seq, "pad": self.pad} if self.pad else {"n": seq}
-        state = apply_patch(self.states.get(topic), patch)
-        self.seqs[topic], self.states[topic] = seq, state
-        return seq, encode_envelope(topic, seq, time.time(), "update", patch, state)
+    def _next(self, topic: str) -> tuple[str, bytes, dict[str, str]]:
+        seq = self.envelopes.seqs.get(topic, 0) + 1
+        return self.envelopes.next(topic, {"n": seq, "pad": self.pad} if self.pad else {"n": seq})
 
-    async def _publish(self, topic: str, seq: int, body: bytes, deadline: float) -> None:
-        headers = {"Nats-Msg-Id": message_id(topic, seq)}
+    async def _publish(self, subject: str, body: bytes, headers: dict, deadline: float) -> None:
         while True:
             try:
-                await self.js.publish(subject_for(topic), body, headers=headers, timeout=2)
+                await self.js.publish(subject, body, headers=headers, timeout=2)
                 self.published += 1
                 return
             except Exception:
@@ -284,9 +204,8 @@ class Feed:
         deadline = time.monotonic() + 120
         pending: list[asyncio.Task[None]] = []
         for index in range(count):
-            topic = topics[index % len(topics)]
-            seq, body = self._next(topic)
-            pending.append(asyncio.ensure_future(self._publish(topic, seq, body, deadline)))
+            envelope = self._next(topics[index % len(topics)])
+            pending.append(asyncio.ensure_future(self._publish(*envelope, deadline)))
             if len(pending) >= window:
                 await asyncio.gather(*pending)
                 pending = []
@@ -298,8 +217,7 @@ class Feed:
         deadline = time.monotonic() + 600
         while not stop.is_set():
             for topic in topics:
-                seq, body = self._next(topic)
-                await self._publish(topic, seq, body, deadline)
+                await self._publish(*self._next(topic), deadline)
                 await asyncio.sleep(1 / rate)
 
 
@@ -327,11 +245,12 @@ class Figures:
     def tally(self, clients: list[FaultClient]) -> None:
         self.clients = len(clients)
         for client in clients:
-            self.frames_checked += client.events + client.snapshots
-            self.gaps += client.verdicts.get("gap", 0)
-            self.duplicates += client.verdicts.get("duplicate", 0)
-            self.backsteps += client.verdicts.get("backwards", 0)
-            self.no_snapshot += client.verdicts.get("no_snapshot", 0)
+            tally = client.tally
+            self.frames_checked += tally.events + tally.snapshots
+            self.gaps += tally.gaps
+            self.duplicates += tally.duplicates
+            self.backsteps += tally.backwards
+            self.no_snapshot += tally.no_snapshot
 
     def memory(self, gateway: GatewayProcess, before: int) -> None:
         self.rss_before_mb = round(before / MB, 1)

@@ -20,6 +20,7 @@ import nats
 import pytest
 
 from scorecast.cluster import NatsCluster, ensure_scores_stream
+from scorecast.loadtest.procstat import resident_bytes
 from scorecast.protocol import STREAM_NAME
 from tests.faults.harness import (
     MB,
@@ -185,7 +186,7 @@ async def test_churn_soak(nats_server, js):
     await feed.burst(topics, 20)
     clients = [FaultClient(t) for t in spread(topics, 100, 5)]
     for client in clients:  # one round to reach a steady state, then the baseline
-        await client.connect(gateway.port)
+        await client.connect_to(gateway.port)
         client.close()
     await asyncio.sleep(2)
     before = gateway.rss()
@@ -197,7 +198,7 @@ async def test_churn_soak(nats_server, js):
     async def churn(client: FaultClient) -> None:
         nonlocal connections
         while time.monotonic() - started < soak:
-            await client.connect(gateway.port)
+            await client.connect_to(gateway.port)
             connections += 1
             await asyncio.sleep(rng.uniform(0.1, 1.0))
             client.close()
@@ -209,7 +210,7 @@ async def test_churn_soak(nats_server, js):
     await asyncio.sleep(5)
     after_churn = gateway.rss()
     for client in clients:  # back once more: since brings each up to date
-        await client.connect(gateway.port)
+        await client.connect_to(gateway.port)
     figures.notes = {"connections": connections, "rss_5s_after_all_left_mb":
                      round(after_churn / MB, 1)}  # fmt: skip
     if after_churn - before > 16 * MB:
@@ -342,7 +343,7 @@ async def test_hostile_ingest_bodies(nats_server, js):
                 assert time.monotonic() < deadline, "ingest never listened"
                 await asyncio.sleep(0.2)
         answers = {"valid": status}
-        rss_before = rss_of(ingest.pid)
+        rss_before = resident_bytes(ingest.pid)
         deep = {"n": 1}
         for _ in range(300):
             deep = {"d": deep}
@@ -375,7 +376,7 @@ async def test_hostile_ingest_bodies(nats_server, js):
             figures.violations.append("1 byte/s headers were never cut")
         figures.events_published = 2
         figures.rss_before_mb = round(rss_before / MB, 1)
-        figures.rss_after_mb = figures.rss_peak_mb = round(rss_of(ingest.pid) / MB, 1)
+        figures.rss_after_mb = figures.rss_peak_mb = round(resident_bytes(ingest.pid) / MB, 1)
     finally:
         ingest.send_signal(signal.SIGINT)
         ingest.wait(15)
@@ -387,12 +388,3 @@ def json_bytes(value) -> bytes:
     import json
 
     return json.dumps(value).encode()
-
-
-def rss_of(pid: int) -> int:
-    from pathlib import Path
-
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return 0
