@@ -49,7 +49,8 @@ class Fleet:
         return [items[index :: self.size] for index in range(self.size)]
 
     def cpu(self) -> CpuTimes:
-        return ProcessGroup([process.pid for process in self.processes]).cpu()
+        # every process was started in __init__, so each has its pid
+        return ProcessGroup([p.pid for p in self.processes if p.pid is not None]).cpu()
 
     async def call(self, command: Command, arguments: list[dict[str, Any]] | None = None) -> list:
         arguments = arguments or [{}] * self.size

@@ -29,6 +29,7 @@ async def serve_naive(nats_url: str, host: str, port: int) -> None:
     audience: dict[str, set[ServerConnection]] = defaultdict(set)
 
     async def handler(ws: ServerConnection) -> None:
+        assert ws.request is not None  # the handler runs once the handshake is done
         query = parse_qs(urlsplit(ws.request.path).query)
         topics = [topic for topic in query.get("topics", [""])[0].split(",") if topic]
         for topic in topics:

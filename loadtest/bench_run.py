@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import nats
 
@@ -85,7 +86,7 @@ def _revision() -> dict:
 
 async def _one(context: BenchContext, scenario: str, name: str, progress) -> dict:
     config = context.config
-    extra = {}
+    extra: dict[str, Any] = {}  # keywords of the server class SERVERS names
     if name == "scorecast":
         extra = {"workers": config.workers, "extra": config.gateway_args}
     elif name == "nats":

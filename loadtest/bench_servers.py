@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
 
@@ -86,11 +87,12 @@ class _Process:
         assert self.process is not None
         return self.process.pid
 
-    def _spawn(self, command: list[str], **kwargs) -> None:
+    def _spawn(self, command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 command, stdout=kwargs.pop("stdout", log), stderr=log, cwd=ROOT, **kwargs
             )
+        return self.process
 
     def _check_alive(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -118,8 +120,14 @@ class ScorecastGateway(_Process):
 
     async def start(self) -> None:
         self.port = free_port(self.host)
-        options = {"host": self.host, "workers": self.workers, "extra": self.extra}
-        command = gateway_command(self.backbone.url, self.port, launcher=self.launcher, **options)
+        command = gateway_command(
+            self.backbone.url,
+            self.port,
+            launcher=self.launcher,
+            host=self.host,
+            workers=self.workers,
+            extra=self.extra,
+        )
         self._spawn(command, env=checkout_environment())
         try:
             await asyncio.to_thread(wait_ready, self.port, host=self.host, process=self.process,
@@ -137,10 +145,9 @@ class NaiveServer(_Process):
         self.port = free_port(self.host)
         command = [sys.executable, "-m", self.module, "--nats", self.backbone.url]
         command += ["--host", self.host, "--port", str(self.port)]
-        self._spawn(command, env=checkout_environment(), stdout=subprocess.PIPE)
-        line = await asyncio.wait_for(
-            asyncio.to_thread(self.process.stdout.readline), START_TIMEOUT
-        )
+        process = self._spawn(command, env=checkout_environment(), stdout=subprocess.PIPE)
+        assert process.stdout is not None  # stdout=PIPE
+        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), START_TIMEOUT)
         if line.strip() != b"ready":
             self._check_alive()
             raise ServerError(f"{self.name} server said {line!r} instead of 'ready'")

@@ -178,7 +178,8 @@ class ScorecastUser(User):
         token = getattr(self.options, "scorecast_token", "")
         return f"{url}?token={token}" if token else url
 
-    def _connect(self) -> bool:
+    def _connect(self) -> websocket.WebSocket | None:
+        """A new link, subscribed to; None when it could not be opened."""
         started, started_wall = time.perf_counter(), time.time()
         try:
             ws = websocket.create_connection(
@@ -186,7 +187,7 @@ class ScorecastUser(User):
             )
         except Exception as error:
             self._fire("connect", (time.perf_counter() - started) * 1000, 0, error)
-            return False
+            return None
         self._fire("connect", (time.perf_counter() - started) * 1000)
         # on the first link every event counts as live, even one published a
         # moment before the connect that arrives after the snapshot
@@ -203,27 +204,30 @@ class ScorecastUser(User):
         # topics without a position wait for a snapshot
         self.snapshot_due = {t: self.subscribe_sent for t in self.topics if t not in since}
         ws.send(orjson.dumps(request).decode())
-        return True
+        return ws
 
     def _read_forever(self) -> None:
         backoff = 0.5
         hint: float | None = None
         while not self.leaving:
-            if self.ws is None:
-                if not self._connect():
+            ws = self.ws
+            if ws is None:
+                ws = self._connect()
+                if ws is None:
                     gevent.sleep(backoff * (0.5 + self.rng.random()))
                     backoff = min(backoff * 2, 8.0)
                     continue
                 backoff = 0.5
-            hint = self._read_link()
+            hint = self._read_link(ws)
             if self.leaving:
                 return
             jitter = getattr(self.options, "scorecast_reconnect_jitter", 1.0)
             gevent.sleep((hint or 0.0) + self.rng.random() * jitter)
 
-    def _read_link(self) -> float | None:
-        """Read until the link ends; the reconnect delay the gateway hinted, if any."""
-        ws, hint = self.ws, None
+    def _read_link(self, ws: websocket.WebSocket) -> float | None:
+        """Read ``ws`` (the link held in ``self.ws``) until it ends; the
+        reconnect delay the gateway hinted, if any."""
+        hint: float | None = None
         try:
             while True:
                 opcode, payload = ws.recv_data()
@@ -270,9 +274,9 @@ class ScorecastUser(User):
         elif kind == "welcome":
             self.heartbeat = float(message.get("heartbeat") or self.heartbeat)
         elif kind == "pong":
-            sent = self.pings.pop(message.get("id"), None)
-            if sent is not None:
-                self._fire("pong", (now - sent) * 1000, len(payload))
+            pinged = self.pings.pop(message.get("id"), None)
+            if pinged is not None:
+                self._fire("pong", (now - pinged) * 1000, len(payload))
         elif kind == "error":
             name = "error:" + str(message.get("code"))
             self._fire(name, 0, len(payload), RuntimeError(message.get("message")))
