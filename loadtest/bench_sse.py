@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 import nats
@@ -58,8 +59,10 @@ class Reader(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
-        transport.write(self.request)  # type: ignore[attr-defined]
+        # create_connection() hands a stream transport; the base signature names
+        # BaseTransport (uvloop's is no asyncio.Transport subclass: no isinstance)
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
         if not self.ready.done():
