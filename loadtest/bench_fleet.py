@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 from scorecast.loadtest.bench_clients import Command, generator_main
@@ -58,7 +59,7 @@ class Fleet:
             pipe.send((command, argument))
         return await asyncio.gather(*(asyncio.to_thread(self._answer, pipe) for pipe in self.pipes))
 
-    def _answer(self, pipe) -> Any:
+    def _answer(self, pipe: Connection) -> Any:
         try:
             return pipe.recv()
         except EOFError:

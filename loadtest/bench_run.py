@@ -84,7 +84,9 @@ def _revision() -> dict:
     return {"commit": commit, "local_changes": changed}
 
 
-async def _one(context: BenchContext, scenario: str, name: str, progress) -> dict:
+async def _one(
+    context: BenchContext, scenario: str, name: str, progress: Callable[[str], None]
+) -> dict:
     config = context.config
     extra: dict[str, Any] = {}  # keywords of the server class SERVERS names
     if name == "scorecast":

@@ -60,7 +60,7 @@ class ServerError(RuntimeError):
 class Backbone(NatsServer):
     """The JetStream server of a run, with a port for leaf nodes."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.leaf_port = free_port(self.host)
 
@@ -113,7 +113,9 @@ class ScorecastGateway(_Process):
     # how the gateway is run; an experiment may point this at a patched copy
     launcher: tuple[str, ...] = LAUNCHER
 
-    def __init__(self, *args, workers: int = 1, extra: tuple[str, ...] = (), **kwargs) -> None:
+    def __init__(
+        self, *args: Any, workers: int = 1, extra: tuple[str, ...] = (), **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.workers = workers
         self.extra = extra
@@ -164,7 +166,7 @@ class FloorServer(NaiveServer):
 class NatsListener(_Process):
     name = mode = "nats"
 
-    def __init__(self, *args, binary: str | None = None, **kwargs) -> None:
+    def __init__(self, *args: Any, binary: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.binary = find_nats_server(binary)
 

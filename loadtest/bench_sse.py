@@ -33,6 +33,7 @@ from typing import cast
 import aiohttp
 import nats
 import orjson
+from nats.js import JetStreamContext
 
 from scorecast.loadtest.frames import TEXT, Handshake, client_frame
 from scorecast.loadtest.procstat import ProcessGroup
@@ -116,7 +117,7 @@ async def open_clients(transport: str, port: int, count: int, sources: list[str]
     return readers
 
 
-async def publish(js, topic: str, first: int, count: int, pad: int) -> int:
+async def publish(js: JetStreamContext, topic: str, first: int, count: int, pad: int) -> int:
     state = {"pad": "x" * pad}
     seq = first
     for seq in range(first, first + count):
@@ -130,7 +131,14 @@ def metric(port: int, name: str) -> float:
     return metrics_of(port).get(name, 0.0)
 
 
-async def measure_transport(transport, port, tree, js, args, first_seq) -> tuple[dict, int]:
+async def measure_transport(
+    transport: str,
+    port: int,
+    tree: ProcessGroup,
+    js: JetStreamContext,
+    args: argparse.Namespace,
+    first_seq: int,
+) -> tuple[dict, int]:
     sources = [f"127.0.0.{i}" for i in range(2, 10)]
     before_rss = tree.rss()
     readers = await open_clients(transport, port, args.connections, sources)
@@ -164,7 +172,7 @@ async def measure_transport(transport, port, tree, js, args, first_seq) -> tuple
     return figures, last + 1
 
 
-async def measure_coalescing(port: int, js, count: int) -> dict:
+async def measure_coalescing(port: int, js: JetStreamContext, count: int) -> dict:
     topic = "bench.cold"
     body = encode_envelope(topic, 1, time.time(), "bench", {"n": 1}, {"n": 1})
     await js.publish(subject_for(topic), body, headers={"Nats-Msg-Id": message_id(topic, 1)})

@@ -38,13 +38,20 @@ import random
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import orjson
 import websocket
 from locust import User, constant, events, task
 from locust.runners import MasterRunner
+
+if TYPE_CHECKING:
+    from locust.argument_parser import LocustArgumentParser
+    from locust.env import Environment
+    from locust.rpc.protocol import Message
 
 # locust puts this file's folder on sys.path, not the checkout: make the
 # ``loadtest`` package importable without installing the project
@@ -62,10 +69,10 @@ _ids = itertools.count()
 
 
 @events.init_command_line_parser.add_listener
-def _add_arguments(parser) -> None:
+def _add_arguments(parser: LocustArgumentParser) -> None:
     group = parser.add_argument_group("scorecast")
 
-    def flag(name: str, default, kind, text: str) -> None:
+    def flag(name: str, default: Any, kind: Callable[[str], Any], text: str) -> None:
         variable = "SCORECAST_LOCUST_" + name.upper().replace("-", "_")
         group.add_argument(
             f"--scorecast-{name}", type=kind, default=default, env_var=variable, help=text
@@ -89,13 +96,13 @@ def _add_arguments(parser) -> None:
 
 
 @events.init.add_listener
-def _on_init(environment, **_kwargs) -> None:
+def _on_init(environment: Environment, **_kwargs: Any) -> None:
     runner = environment.runner
     if runner is not None and not isinstance(runner, MasterRunner):
         runner.register_message(RECONNECT_MESSAGE, _mass_reconnect)
 
 
-def _mass_reconnect(environment, msg, **_kwargs) -> None:
+def _mass_reconnect(environment: Environment, msg: Message, **_kwargs: Any) -> None:
     """Every user on this process drops its link at once and comes back with ``since``."""
     for user in list(_users):
         user.drop()
@@ -113,7 +120,7 @@ class ScorecastUser(User):
     # the one task pings and then sleeps a heartbeat; a greenlet per user reads frames
     wait_time = constant(0)
 
-    def __init__(self, environment) -> None:
+    def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         options = environment.parsed_options
         self.options = options
@@ -140,7 +147,9 @@ class ScorecastUser(User):
 
     # --- reporting -------------------------------------------------------------
 
-    def _fire(self, name: str, millis: float, length: int = 0, error: Exception | None = None):
+    def _fire(
+        self, name: str, millis: float, length: int = 0, error: Exception | None = None
+    ) -> None:
         self.environment.events.request.fire(
             request_type="WS",
             name=name,

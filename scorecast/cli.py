@@ -29,6 +29,7 @@ from scorecast.flags import (
 from scorecast.gateway.settings import GatewaySettings
 from scorecast.logs import setup_logging
 from scorecast.nats_settings import NatsSettings
+from scorecast.protocol.nats_auth import NatsAuth
 from scorecast.publishers.settings import (
     IngestSettings,
     PublisherSettings,
@@ -78,7 +79,7 @@ COMMANDS: dict[str, tuple[type, ...]] = {
 }
 
 
-def nats_auth(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None):
+def nats_auth(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> NatsAuth:
     """The NATS credentials of the parsed flags; a bad combination is a usage error."""
     try:
         return settings_from(NatsSettings, args).nats_auth()
