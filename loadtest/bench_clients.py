@@ -32,7 +32,7 @@ import re
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, cast
 
 from scorecast.loadtest.client import dial, raise_file_limit
 from scorecast.loadtest.frames import (
@@ -132,8 +132,10 @@ class BenchConnection(asyncio.Protocol):
     # --- transport ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self._handshake.request)  # type: ignore[attr-defined,union-attr]
+        # create_connection() hands a stream transport; the base signature names BaseTransport
+        self.transport = cast(asyncio.Transport, transport)
+        assert self._handshake is not None  # cleared only once the upgrade is answered
+        self.transport.write(self._handshake.request)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
@@ -311,6 +313,7 @@ class Generator:
                     connection.close()
                     return
                 self.connections.append(connection)
+                assert connection.ready_at is not None  # set before ready resolves
                 waits.append(connection.ready_at - connection.started_at)
 
         await asyncio.gather(*(one(topics) for topics in plan))

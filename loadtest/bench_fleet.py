@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 from scorecast.loadtest.bench_clients import Command, generator_main
@@ -49,7 +50,8 @@ class Fleet:
         return [items[index :: self.size] for index in range(self.size)]
 
     def cpu(self) -> CpuTimes:
-        return ProcessGroup([process.pid for process in self.processes]).cpu()
+        # every process was started in __init__, so each has its pid
+        return ProcessGroup([p.pid for p in self.processes if p.pid is not None]).cpu()
 
     async def call(self, command: Command, arguments: list[dict[str, Any]] | None = None) -> list:
         arguments = arguments or [{}] * self.size
@@ -57,7 +59,7 @@ class Fleet:
             pipe.send((command, argument))
         return await asyncio.gather(*(asyncio.to_thread(self._answer, pipe) for pipe in self.pipes))
 
-    def _answer(self, pipe) -> Any:
+    def _answer(self, pipe: Connection) -> Any:
         try:
             return pipe.recv()
         except EOFError:

@@ -18,6 +18,7 @@ from collections import defaultdict
 from urllib.parse import parse_qs, urlsplit
 
 import nats
+from nats.aio.msg import Msg
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from scorecast.loadtest.bench_floor import server_main
@@ -29,6 +30,7 @@ async def serve_naive(nats_url: str, host: str, port: int) -> None:
     audience: dict[str, set[ServerConnection]] = defaultdict(set)
 
     async def handler(ws: ServerConnection) -> None:
+        assert ws.request is not None  # the handler runs once the handshake is done
         query = parse_qs(urlsplit(ws.request.path).query)
         topics = [topic for topic in query.get("topics", [""])[0].split(",") if topic]
         for topic in topics:
@@ -40,7 +42,7 @@ async def serve_naive(nats_url: str, host: str, port: int) -> None:
             for topic in topics:
                 audience[topic].discard(ws)
 
-    async def on_message(msg) -> None:
+    async def on_message(msg: Msg) -> None:
         clients = audience.get(msg.subject[len("scores.") :])
         if clients:
             broadcast(clients, msg.data.decode())

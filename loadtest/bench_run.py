@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import nats
 
@@ -83,9 +84,11 @@ def _revision() -> dict:
     return {"commit": commit, "local_changes": changed}
 
 
-async def _one(context: BenchContext, scenario: str, name: str, progress) -> dict:
+async def _one(
+    context: BenchContext, scenario: str, name: str, progress: Callable[[str], None]
+) -> dict:
     config = context.config
-    extra = {}
+    extra: dict[str, Any] = {}  # keywords of the server class SERVERS names
     if name == "scorecast":
         extra = {"workers": config.workers, "extra": config.gateway_args}
     elif name == "nats":

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
 
@@ -59,7 +60,7 @@ class ServerError(RuntimeError):
 class Backbone(NatsServer):
     """The JetStream server of a run, with a port for leaf nodes."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.leaf_port = free_port(self.host)
 
@@ -86,11 +87,12 @@ class _Process:
         assert self.process is not None
         return self.process.pid
 
-    def _spawn(self, command: list[str], **kwargs) -> None:
+    def _spawn(self, command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 command, stdout=kwargs.pop("stdout", log), stderr=log, cwd=ROOT, **kwargs
             )
+        return self.process
 
     def _check_alive(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -111,15 +113,23 @@ class ScorecastGateway(_Process):
     # how the gateway is run; an experiment may point this at a patched copy
     launcher: tuple[str, ...] = LAUNCHER
 
-    def __init__(self, *args, workers: int = 1, extra: tuple[str, ...] = (), **kwargs) -> None:
+    def __init__(
+        self, *args: Any, workers: int = 1, extra: tuple[str, ...] = (), **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.workers = workers
         self.extra = extra
 
     async def start(self) -> None:
         self.port = free_port(self.host)
-        options = {"host": self.host, "workers": self.workers, "extra": self.extra}
-        command = gateway_command(self.backbone.url, self.port, launcher=self.launcher, **options)
+        command = gateway_command(
+            self.backbone.url,
+            self.port,
+            launcher=self.launcher,
+            host=self.host,
+            workers=self.workers,
+            extra=self.extra,
+        )
         self._spawn(command, env=checkout_environment())
         try:
             await asyncio.to_thread(wait_ready, self.port, host=self.host, process=self.process,
@@ -137,10 +147,9 @@ class NaiveServer(_Process):
         self.port = free_port(self.host)
         command = [sys.executable, "-m", self.module, "--nats", self.backbone.url]
         command += ["--host", self.host, "--port", str(self.port)]
-        self._spawn(command, env=checkout_environment(), stdout=subprocess.PIPE)
-        line = await asyncio.wait_for(
-            asyncio.to_thread(self.process.stdout.readline), START_TIMEOUT
-        )
+        process = self._spawn(command, env=checkout_environment(), stdout=subprocess.PIPE)
+        assert process.stdout is not None  # stdout=PIPE
+        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), START_TIMEOUT)
         if line.strip() != b"ready":
             self._check_alive()
             raise ServerError(f"{self.name} server said {line!r} instead of 'ready'")
@@ -157,7 +166,7 @@ class FloorServer(NaiveServer):
 class NatsListener(_Process):
     name = mode = "nats"
 
-    def __init__(self, *args, binary: str | None = None, **kwargs) -> None:
+    def __init__(self, *args: Any, binary: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.binary = find_nats_server(binary)
 

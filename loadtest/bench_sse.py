@@ -28,10 +28,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 import nats
 import orjson
+from nats.js import JetStreamContext
 
 from scorecast.loadtest.frames import TEXT, Handshake, client_frame
 from scorecast.loadtest.procstat import ProcessGroup
@@ -58,8 +60,10 @@ class Reader(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
-        transport.write(self.request)  # type: ignore[attr-defined]
+        # create_connection() hands a stream transport; the base signature names
+        # BaseTransport (uvloop's is no asyncio.Transport subclass: no isinstance)
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
         if not self.ready.done():
@@ -113,7 +117,7 @@ async def open_clients(transport: str, port: int, count: int, sources: list[str]
     return readers
 
 
-async def publish(js, topic: str, first: int, count: int, pad: int) -> int:
+async def publish(js: JetStreamContext, topic: str, first: int, count: int, pad: int) -> int:
     state = {"pad": "x" * pad}
     seq = first
     for seq in range(first, first + count):
@@ -127,7 +131,14 @@ def metric(port: int, name: str) -> float:
     return metrics_of(port).get(name, 0.0)
 
 
-async def measure_transport(transport, port, tree, js, args, first_seq) -> tuple[dict, int]:
+async def measure_transport(
+    transport: str,
+    port: int,
+    tree: ProcessGroup,
+    js: JetStreamContext,
+    args: argparse.Namespace,
+    first_seq: int,
+) -> tuple[dict, int]:
     sources = [f"127.0.0.{i}" for i in range(2, 10)]
     before_rss = tree.rss()
     readers = await open_clients(transport, port, args.connections, sources)
@@ -161,7 +172,7 @@ async def measure_transport(transport, port, tree, js, args, first_seq) -> tuple
     return figures, last + 1
 
 
-async def measure_coalescing(port: int, js, count: int) -> dict:
+async def measure_coalescing(port: int, js: JetStreamContext, count: int) -> dict:
     topic = "bench.cold"
     body = encode_envelope(topic, 1, time.time(), "bench", {"n": 1}, {"n": 1})
     await js.publish(subject_for(topic), body, headers={"Nats-Msg-Id": message_id(topic, 1)})

@@ -19,6 +19,7 @@ import resource
 import socket
 import time
 from collections.abc import Callable
+from typing import cast
 
 import msgspec
 
@@ -91,9 +92,9 @@ class _Frame(msgspec.Struct):
     """The fields of gateway frames a load generator looks at; the rest is skipped."""
 
     type: str = ""
-    topic: str | None = None
-    seq: int | None = None
-    ts: float | None = None
+    topic: str = ""  # every frame that has them carries topic and seq
+    seq: int = 0
+    ts: float | None = None  # null in the snapshot of a topic with no data
     code: str | None = None
     after_ms: int | None = None
 
@@ -141,7 +142,7 @@ class StormClient(asyncio.Protocol):
         self.hint_ms: int | None = None
         self.on_lost: Callable[[StormClient, int | None], None] | None = None
         self._handshake: Handshake | None = None
-        self._reader: FrameReader | None = None
+        self._reader: FrameReader  # set by connect(), before any data can arrive
         self._ready: asyncio.Future[None] | None = None
         self._requests = 0
         self.route: tuple[Target, str | None] | None = None  # set by the owner
@@ -178,8 +179,10 @@ class StormClient(asyncio.Protocol):
             raise
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self._handshake.request)  # type: ignore[attr-defined,union-attr]
+        # create_connection() hands a stream transport; the base signature names BaseTransport
+        self.transport = cast(asyncio.Transport, transport)
+        assert self._handshake is not None  # set by connect() before the connection
+        self.transport.write(self._handshake.request)
 
     def _opened(self) -> None:
         tally = self.tally
@@ -210,7 +213,8 @@ class StormClient(asyncio.Protocol):
                 if opcode == TEXT:
                     self._message(payload)
                 elif opcode == PING:
-                    self.transport.write(client_frame(PONG, payload))
+                    if self.transport is not None:
+                        self.transport.write(client_frame(PONG, payload))
                 elif opcode == CLOSE:
                     self._closed_by_server(*parse_close(payload))
         except (WebSocketError, msgspec.DecodeError) as error:
@@ -222,11 +226,13 @@ class StormClient(asyncio.Protocol):
         kind = frame.type
         if kind == "event":
             tally.events += 1
-            if frame.ts >= self.link_wall or self.links <= 1:  # first link: all live
-                tally.window["delivery"].record(time.time() - frame.ts)
+            ts = frame.ts
+            assert ts is not None  # an event always carries its envelope's ts
+            if ts >= self.link_wall or self.links <= 1:  # first link: all live
+                tally.window["delivery"].record(time.time() - ts)
             else:  # published while this client was away: replayed per since
                 tally.catch_up += 1
-                tally.window["catch_up"].record(time.time() - frame.ts)
+                tally.window["catch_up"].record(time.time() - ts)
             verdict = self.positions.event(frame.topic, frame.seq)
             if verdict is not Arrival.OK:
                 counter = _ARRIVAL_COUNTER[verdict]

@@ -32,8 +32,11 @@ class StormShape(LoadTestShape):
         self.reconnected = False
         self.ended_at: float | None = None
 
-    def tick(self):
-        options = self.runner.environment.parsed_options
+    def tick(self) -> tuple[int, float] | None:
+        runner = self.runner
+        assert runner is not None  # locust hands the shape its runner before the first tick
+        options = runner.environment.parsed_options
+        assert options is not None  # a locust run always has its parsed command line
         users, rate = options.num_users or 1, options.spawn_rate or 1.0
         ramp = users / rate
         hold_until = ramp + options.scorecast_hold
@@ -43,7 +46,7 @@ class StormShape(LoadTestShape):
             return users, rate
         if not self.reconnected:
             self.reconnected = True
-            self.runner.send_message(RECONNECT_MESSAGE, {"at": now})
+            runner.send_message(RECONNECT_MESSAGE, {"at": now})
         if now < end:
             return users, rate
         if self.get_current_user_count() > 0:

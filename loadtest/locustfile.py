@@ -38,13 +38,20 @@ import random
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import orjson
 import websocket
 from locust import User, constant, events, task
 from locust.runners import MasterRunner
+
+if TYPE_CHECKING:
+    from locust.argument_parser import LocustArgumentParser
+    from locust.env import Environment
+    from locust.rpc.protocol import Message
 
 # locust puts this file's folder on sys.path, not the checkout: make the
 # ``loadtest`` package importable without installing the project
@@ -62,10 +69,10 @@ _ids = itertools.count()
 
 
 @events.init_command_line_parser.add_listener
-def _add_arguments(parser) -> None:
+def _add_arguments(parser: LocustArgumentParser) -> None:
     group = parser.add_argument_group("scorecast")
 
-    def flag(name: str, default, kind, text: str) -> None:
+    def flag(name: str, default: Any, kind: Callable[[str], Any], text: str) -> None:
         variable = "SCORECAST_LOCUST_" + name.upper().replace("-", "_")
         group.add_argument(
             f"--scorecast-{name}", type=kind, default=default, env_var=variable, help=text
@@ -89,13 +96,13 @@ def _add_arguments(parser) -> None:
 
 
 @events.init.add_listener
-def _on_init(environment, **_kwargs) -> None:
+def _on_init(environment: Environment, **_kwargs: Any) -> None:
     runner = environment.runner
     if runner is not None and not isinstance(runner, MasterRunner):
         runner.register_message(RECONNECT_MESSAGE, _mass_reconnect)
 
 
-def _mass_reconnect(environment, msg, **_kwargs) -> None:
+def _mass_reconnect(environment: Environment, msg: Message, **_kwargs: Any) -> None:
     """Every user on this process drops its link at once and comes back with ``since``."""
     for user in list(_users):
         user.drop()
@@ -113,7 +120,7 @@ class ScorecastUser(User):
     # the one task pings and then sleeps a heartbeat; a greenlet per user reads frames
     wait_time = constant(0)
 
-    def __init__(self, environment) -> None:
+    def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         options = environment.parsed_options
         self.options = options
@@ -140,7 +147,9 @@ class ScorecastUser(User):
 
     # --- reporting -------------------------------------------------------------
 
-    def _fire(self, name: str, millis: float, length: int = 0, error: Exception | None = None):
+    def _fire(
+        self, name: str, millis: float, length: int = 0, error: Exception | None = None
+    ) -> None:
         self.environment.events.request.fire(
             request_type="WS",
             name=name,
@@ -178,7 +187,8 @@ class ScorecastUser(User):
         token = getattr(self.options, "scorecast_token", "")
         return f"{url}?token={token}" if token else url
 
-    def _connect(self) -> bool:
+    def _connect(self) -> websocket.WebSocket | None:
+        """A new link, subscribed to; None when it could not be opened."""
         started, started_wall = time.perf_counter(), time.time()
         try:
             ws = websocket.create_connection(
@@ -186,7 +196,7 @@ class ScorecastUser(User):
             )
         except Exception as error:
             self._fire("connect", (time.perf_counter() - started) * 1000, 0, error)
-            return False
+            return None
         self._fire("connect", (time.perf_counter() - started) * 1000)
         # on the first link every event counts as live, even one published a
         # moment before the connect that arrives after the snapshot
@@ -203,27 +213,30 @@ class ScorecastUser(User):
         # topics without a position wait for a snapshot
         self.snapshot_due = {t: self.subscribe_sent for t in self.topics if t not in since}
         ws.send(orjson.dumps(request).decode())
-        return True
+        return ws
 
     def _read_forever(self) -> None:
         backoff = 0.5
         hint: float | None = None
         while not self.leaving:
-            if self.ws is None:
-                if not self._connect():
+            ws = self.ws
+            if ws is None:
+                ws = self._connect()
+                if ws is None:
                     gevent.sleep(backoff * (0.5 + self.rng.random()))
                     backoff = min(backoff * 2, 8.0)
                     continue
                 backoff = 0.5
-            hint = self._read_link()
+            hint = self._read_link(ws)
             if self.leaving:
                 return
             jitter = getattr(self.options, "scorecast_reconnect_jitter", 1.0)
             gevent.sleep((hint or 0.0) + self.rng.random() * jitter)
 
-    def _read_link(self) -> float | None:
-        """Read until the link ends; the reconnect delay the gateway hinted, if any."""
-        ws, hint = self.ws, None
+    def _read_link(self, ws: websocket.WebSocket) -> float | None:
+        """Read ``ws`` (the link held in ``self.ws``) until it ends; the
+        reconnect delay the gateway hinted, if any."""
+        hint: float | None = None
         try:
             while True:
                 opcode, payload = ws.recv_data()
@@ -270,9 +283,9 @@ class ScorecastUser(User):
         elif kind == "welcome":
             self.heartbeat = float(message.get("heartbeat") or self.heartbeat)
         elif kind == "pong":
-            sent = self.pings.pop(message.get("id"), None)
-            if sent is not None:
-                self._fire("pong", (now - sent) * 1000, len(payload))
+            pinged = self.pings.pop(message.get("id"), None)
+            if pinged is not None:
+                self._fire("pong", (now - pinged) * 1000, len(payload))
         elif kind == "error":
             name = "error:" + str(message.get("code"))
             self._fire(name, 0, len(payload), RuntimeError(message.get("message")))

@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 __all__ = [
     "LAUNCHER",
@@ -138,7 +138,7 @@ def spawn_gateway(
     port: int,
     *,
     log: IO[bytes] | int | None = None,
-    **options,
+    **options: Any,
 ) -> subprocess.Popen[bytes]:
     """The gateway as a child process (see :func:`gateway_command` for ``options``),
     output to ``log`` (default: this process's own)."""
@@ -182,7 +182,7 @@ def stop_process(
 
 
 def start_gateway(
-    nats_url: str, port: int, *, timeout: float = READY_TIMEOUT, **options
+    nats_url: str, port: int, *, timeout: float = READY_TIMEOUT, **options: Any
 ) -> subprocess.Popen[bytes]:
     """:func:`spawn_gateway`, returned once ready; killed when it never is."""
     process = spawn_gateway(nats_url, port, **options)

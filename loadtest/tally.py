@@ -49,6 +49,26 @@ HISTOGRAMS = ("delivery", "catch_up", "connect", "subscribe", "first_snapshot")
 
 
 class Tally:
+    # the counters COUNTERS names, set to 0 in __init__ (declared for mypy)
+    attempts: int
+    opened: int
+    subscribed: int
+    connect_failures: int
+    drops: int
+    hinted_reconnects: int
+    forced_drops: int
+    reconnects: int
+    events: int
+    catch_up: int
+    snapshots: int
+    pongs: int
+    gaps: int
+    duplicates: int
+    backwards: int
+    no_snapshot: int
+    error_frames: int
+    bytes_in: int
+
     def __init__(self) -> None:
         for name in COUNTERS:
             setattr(self, name, 0)

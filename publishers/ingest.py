@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -64,12 +64,13 @@ from scorecast.publishers.errors import (
     CorruptTopic,
     EnvelopeProblem,
     EnvelopeTooLarge,
+    FeedError,
     FeedIdConflict,
     InvalidFeed,
 )
 from scorecast.publishers.feed import FeedEvent, check_batch, split_batch
 from scorecast.publishers.settings import IngestSettings, PublisherSettings
-from scorecast.publishers.stream import TopicPublisher
+from scorecast.publishers.stream import Published
 
 __all__ = ["feed_verifier", "make_app", "run_ingest"]
 
@@ -83,8 +84,31 @@ _JSON_TYPES = frozenset(
 )
 
 
+class IngestPublisher(Protocol):
+    """What ingest asks of its publisher: a
+    :class:`~publishers.stream.TopicPublisher`, or a
+    :class:`~publishers.connection.Connecting` standing in for one."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def check(
+        self, items: list[tuple[str, str, Any, str | None]]
+    ) -> list[tuple[int, FeedError]]: ...
+
+    async def publish(
+        self,
+        topic: str,
+        kind: str,
+        patch: Any,
+        *,
+        feed_id: str | None = None,
+        ts: float | None = None,
+    ) -> Published: ...
+
+
 def make_app(
-    publisher: TopicPublisher,
+    publisher: IngestPublisher,
     *,
     max_body: int = _DEFAULT.max_body,
     max_batch: int = _DEFAULT.max_batch,
@@ -134,7 +158,7 @@ class _Refused(Exception):
 class _Ingest:
     def __init__(
         self,
-        publisher: TopicPublisher,
+        publisher: IngestPublisher,
         *,
         max_body: int,
         max_batch: int,

@@ -11,7 +11,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from scorecast.flags import (
 from scorecast.gateway.settings import GatewaySettings
 from scorecast.logs import setup_logging
 from scorecast.nats_settings import NatsSettings
+from scorecast.protocol.nats_auth import NatsAuth
 from scorecast.publishers.settings import (
     IngestSettings,
     PublisherSettings,
@@ -78,7 +79,7 @@ COMMANDS: dict[str, tuple[type, ...]] = {
 }
 
 
-def nats_auth(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None):
+def nats_auth(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> NatsAuth:
     """The NATS credentials of the parsed flags; a bad combination is a usage error."""
     try:
         return settings_from(NatsSettings, args).nats_auth()
@@ -192,18 +193,17 @@ def _add_logging(
             parser.error(f"SCORECAST_LOG_LEVEL={level!r}: {error}")
         if form not in ("json", "text"):
             parser.error(f"SCORECAST_LOG_FORMAT={form!r}: not json or text")
-    hidden = {"default": argparse.SUPPRESS} if subcommand else {}
     parser.add_argument(
         "--log-level",
         type=log_level,
         help=f"{', '.join(LOG_LEVELS)} [SCORECAST_LOG_LEVEL, default: info]",
-        **({"default": level} | hidden),
+        default=argparse.SUPPRESS if subcommand else level,
     )
     parser.add_argument(
         "--log-format",
         choices=("json", "text"),
         help="JSON lines or human-readable text [SCORECAST_LOG_FORMAT, default: json]",
-        **({"default": form} | hidden),
+        default=argparse.SUPPRESS if subcommand else form,
     )
 
 
@@ -228,7 +228,7 @@ STOP_GRACE = 1.0  # seconds a signalled command gets to finish before it is canc
 EXIT_FAILED, EXIT_USAGE, EXIT_PORT = 1, 2, 3
 
 
-async def until_signalled(start: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
+async def until_signalled(start: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) -> Any:
     """Run ``start(stop)`` with ``stop`` set by SIGTERM or SIGINT, so that
     publishers close cleanly (exit 0) when a container is stopped.
 

@@ -81,8 +81,10 @@ async def run_dev(settings: DevSettings) -> None:
         await asyncio.wait([stopped, *helpers], return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         for helper in helpers:
-            if helper.done() and not helper.cancelled() and helper.exception() is not None:
-                raise helper.exception()
+            if helper.done() and not helper.cancelled():
+                error = helper.exception()
+                if error is not None:
+                    raise error
     finally:
         stop.set()
         if helpers:

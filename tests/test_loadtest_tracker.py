@@ -9,7 +9,7 @@ import pytest
 
 from scorecast.loadtest.histogram import LatencyHistogram
 from scorecast.loadtest.results import StormResults
-from scorecast.loadtest.tally import Tally
+from scorecast.loadtest.tally import COUNTERS, Tally
 from scorecast.loadtest.tracker import Arrival, Positions
 from scorecast.loadtest.zipf import ZipfTopics
 
@@ -78,3 +78,10 @@ def test_results_fold_ticks_and_finals():
     assert document["totals"]["gaps"] == 1
     assert document["totals"]["seconds_to_target"] == 1
     assert document["latency"]["delivery"]["count"] == 2
+
+
+def test_tally_declares_each_counter_it_counts():
+    # the annotations are what mypy checks `tally.opened += 1` against
+    declared = {name for name, kind in Tally.__annotations__.items() if kind == "int"}
+    assert declared == set(COUNTERS)
+    assert all(getattr(Tally(), name) == 0 for name in COUNTERS)
