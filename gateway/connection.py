@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
 from scorecast.gateway.admission import Strikes, TokenBucket
@@ -83,7 +83,6 @@ class Client(asyncio.Protocol):
         "session",
         "started",
         "transport",
-        "waiting",
         "withheld",
         "withheld_bytes",
         "writable",
@@ -96,8 +95,6 @@ class Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.outbox = Outbox()
         self.session = ""
-        # topics subscribed but not yet started: topic -> since (None: snapshot)
-        self.waiting: dict[str, int | None] = {}
         self.grant: Grant = OPEN
         self.expiry: asyncio.TimerHandle | None = None
         self.bucket: TokenBucket | None = None
@@ -239,6 +236,7 @@ class Client(asyncio.Protocol):
             response = self.ws.accept(request)
         self.ws.send_response(response)
         if self.ws.state is State.OPEN:
+            _release_handshake(self.ws)
             self.opened = self.writable = True
             self.session = secrets.token_hex(8)
             self.gateway.connection_opened(self)
@@ -321,6 +319,25 @@ class Client(asyncio.Protocol):
                 node.authenticate(self, message)
         except ClientError as error:
             node.send_error(self, error)
+
+
+def _release_handshake(ws: ServerProtocol) -> None:
+    """Forget the upgrade request once the connection is open.
+
+    websockets' server parser is a generator whose frame keeps the parsed
+    ``Request`` (its headers: about 1.5 KiB) alive as a local for the whole
+    life of the connection. When that generator waits between frames (in the
+    reader's ``at_eof``, nothing half-read), a fresh frame parser, the same
+    one it delegates to, takes its place; otherwise (bytes of a frame already
+    read) it is left alone."""
+    inner = ws.parser.gi_yieldfrom  # Protocol.parse, run by ServerProtocol.parse
+    waiting = inner.gi_yieldfrom if inner is not None else None
+    if waiting is None or waiting.gi_code.co_name != "at_eof" or ws.reader.buffer:
+        return
+    parser = Protocol.parse(ws)
+    next(parser)  # runs to the same wait: the buffer is empty
+    ws.parser.close()
+    ws.parser = parser
 
 
 def _frames_within(data: bytes, start: int, limit: int) -> int:
