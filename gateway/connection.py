@@ -144,6 +144,7 @@ class Client(asyncio.Protocol):
         a slow consumer's backlog is dropped instead, so that it sees 4008."""
         if self.closed:
             return
+        self.gateway.node.core.indirect(self)  # what the lanes owe it joins the outbox
         withheld, self.withheld = self.withheld, None
         self.withheld_bytes = 0
         if code == CloseCode.SLOW_CONSUMER:
@@ -169,6 +170,13 @@ class Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        # the core writes straight to the transport while it is not paused, and
+        # asks the slow-client policy only once it is: so it pauses no later
+        # than the policy's lower limit
+        policy = self.gateway.node.policy
+        high = min(WRITE_CHUNK, policy.soft_limit, policy.hard_limit)
+        if high < WRITE_CHUNK:
+            transport.set_write_buffer_limits(high=high)
         send_buffer = self.gateway.settings.socket_send_buffer
         if send_buffer:
             sock = transport.get_extra_info("socket")
@@ -180,12 +188,15 @@ class Client(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.withheld is None:
             self.withheld = []
+        self.gateway.node.core.indirect(self)
 
     def resume_writing(self) -> None:
         withheld, self.withheld = self.withheld, None
         self.withheld_bytes = 0
         if withheld:
             self.write(b"".join(withheld))
+        if self.withheld is None and self.writable:
+            self.gateway.node.core.direct(self, self.transport.write)
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = time.monotonic()
@@ -198,6 +209,7 @@ class Client(asyncio.Protocol):
                 self._handshake(event)
         if self.writable and ws.state is not State.OPEN:
             self.writable = False  # the peer closed, or the protocol failed
+            self.gateway.node.core.indirect(self)
         self._flush_protocol()
 
     def eof_received(self) -> bool:
@@ -240,6 +252,7 @@ class Client(asyncio.Protocol):
             self.opened = self.writable = True
             self.session = secrets.token_hex(8)
             self.gateway.connection_opened(self)
+            self.gateway.node.core.direct(self, self.transport.write)
             settings = self.gateway.settings
             welcome = Welcome(
                 protocol=PROTOCOL_VERSION,

@@ -94,7 +94,7 @@ class Node:
             effects, core.effects = core.effects, []
             for effect in effects:
                 self._perform(effect)
-        if core.dirty and not self._flush_scheduled:
+        if not self._flush_scheduled and core.pending():
             self._schedule_flush()
 
     def _perform(self, effect: Any) -> None:
@@ -146,12 +146,12 @@ class Node:
 
     def send(self, client: Any, frame: bytes) -> None:
         self.core.send(client, frame)
-        if not self._flush_scheduled and self.core.dirty:
+        if not self._flush_scheduled and self.core.pending():
             self._schedule_flush()
 
     def send_error(self, client: Any, error: ClientError) -> None:
         self.core.send_error(client, error)
-        if not self._flush_scheduled and self.core.dirty:
+        if not self._flush_scheduled and self.core.pending():
             self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -252,7 +252,7 @@ class Node:
         core.message(name, body)
         if core.effects:
             self._run()
-        elif core.dirty and not self._flush_scheduled:
+        elif not self._flush_scheduled and core.pending():
             self._schedule_flush()
 
     def resync(self, name: str | None = None) -> None:
