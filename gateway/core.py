@@ -565,9 +565,10 @@ class Core:
             pressed, self.pressed = self.pressed, []
             for session in pressed:
                 conn = session.conn
-                if self.sessions.get(conn) is session and not conn.closed:
-                    if session.slow_since is not None or conn.unsent() > quiet:
-                        self._judge(session, now)
+                if self.sessions.get(conn) is not session or conn.closed:
+                    continue
+                if session.slow_since is not None or conn.unsent() > quiet:
+                    self._judge(session, now)
         if promote:
             self.promote = []
             for session in promote:

@@ -89,10 +89,10 @@ class Wire:
             self.core.indirect(self)
 
     def drained(self) -> None:
-        if self.core is not None and self.paused and not self.closed:
-            if len(self.buffer) <= HIGH_WATER // 4:
-                self.paused = False
-                self.core.direct(self, self.write)
+        drained = len(self.buffer) <= HIGH_WATER // 4
+        if self.core is not None and self.paused and drained and not self.closed:
+            self.paused = False
+            self.core.direct(self, self.write)
 
     def unsent(self) -> int:
         return len(self.buffer)
