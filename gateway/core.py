@@ -411,7 +411,7 @@ class Core:
                     self.replays_refused += 1
                 else:
                     self._move(session, topic, pair, "backfill")
-                    self._backfill(topic, now)
+                    self._backfill(topic, now, session)
                     return
         elif since is not None and since == topic.seq:
             self.stats.recoveries_memory += 1  # nothing missed: nothing to replay
@@ -676,7 +676,7 @@ class Core:
         for conn in list(topic.holders):
             session = self.sessions.get(conn)
             pair = session.pairs.get(topic.name) if session else None
-            if pair is not None and pair.phase is LOADING:
+            if session is not None and pair is not None and pair.phase is LOADING:
                 self._start(session, topic, pair, now)
 
     def message(self, name: str, body: bytes, now: float = 0.0) -> None:
@@ -788,20 +788,21 @@ class Core:
         for conn in topic.holders:
             session = self.sessions.get(conn)
             pair = session.pairs.get(topic.name) if session else None
-            if pair is not None:
+            if session is not None and pair is not None:
                 pair.since = None
                 self._move(session, topic, pair, "reset")
 
     # --- recovery from JetStream ----------------------------------------------------
 
-    def _backfill(self, topic: Topic, now: float) -> None:
+    def _backfill(self, topic: Topic, now: float, session: Session) -> None:
         """Clients asked for events older than memory: one JetStream read per
         topic, shared by every client waiting for it, and reused for a few
-        seconds by those who come next (a reconnect storm arrives over seconds)."""
+        seconds by those who come next (a reconnect storm arrives over seconds;
+        each of those is served alone, not by walking every holder)."""
         cached = self.backfills.get(topic.name)
         if cached is not None and cached[0] is topic and cached[1] == topic.generation:
             if cached[2] >= now:
-                self._serve_backfill(topic, cached[4], now)
+                self._serve_backfill(topic, cached[4], now, [session])
                 return
             self._forget_backfill(topic.name)
         if topic.backfilling:
@@ -842,19 +843,29 @@ class Core:
         if entry is not None:
             self.backfill_bytes -= entry[3]
 
-    def _serve_backfill(self, topic: Topic, stored: dict[int, bytes], now: float) -> None:
-        """Replay to each waiting pair from memory and the stored events, or a
-        snapshot where the two do not cover what it missed or it does not fit."""
+    def _serve_backfill(
+        self,
+        topic: Topic,
+        stored: dict[int, bytes],
+        now: float,
+        sessions: list[Session] | None = None,
+    ) -> None:
+        """Replay to each waiting pair (of ``sessions``; None: of every holder)
+        from memory and the stored events, or a snapshot where the two do not
+        cover what it missed or it does not fit."""
+        if sessions is None:
+            found = (self.sessions.get(conn) for conn in list(topic.holders))
+            sessions = [session for session in found if session is not None]
         recent = dict(topic.history)
-        for conn in list(topic.holders):
-            session = self.sessions.get(conn)
-            pair = session.pairs.get(topic.name) if session else None
-            if pair is None or pair.phase is not BACKFILLING:
+        for session in sessions:
+            pair = session.pairs.get(topic.name)
+            if pair is None or pair.phase is not BACKFILLING or pair.since is None:
                 continue
             wanted = range(pair.since + 1, topic.seq + 1)
             frames = [recent.get(seq) or stored.get(seq) for seq in wanted]
-            if all(frames) and self._fits(session, sum(map(len, frames))):
-                for frame in frames:
+            present = [frame for frame in frames if frame is not None]
+            if len(present) == len(frames) and self._fits(session, sum(map(len, present))):
+                for frame in present:
                     self._push(session, frame)
                 self._move(session, topic, pair, "replay")
             else:
@@ -862,7 +873,7 @@ class Core:
 
     # --- figures --------------------------------------------------------------------
 
-    def figures(self) -> dict:
+    def figures(self) -> dict[str, int]:
         return {
             "subscriptions": sum(len(names) for names in self.hub.by_connection.values()),
             "topics": len(self.hub.topics),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 
 from scorecast.protocol.codec import encode, text_frame
 from scorecast.protocol.envelope import Envelope
@@ -187,4 +188,4 @@ class Topic:
         if position + 1 < oldest:
             return None
         skip = position + 1 - oldest
-        return [frame for index, (_, frame) in enumerate(self.history) if index >= skip]
+        return [frame for _, frame in islice(self.history, skip, None)]
