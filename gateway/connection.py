@@ -28,7 +28,7 @@ import logging
 import secrets
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
@@ -67,6 +67,8 @@ _quiet.setLevel(logging.WARNING)
 class Client(asyncio.Protocol):
     """A client connection; what the node addresses. Hashable by identity."""
 
+    transport: asyncio.Transport  # from connection_made on (nothing uses it before)
+
     __slots__ = (
         "bucket",
         "closed",
@@ -92,7 +94,6 @@ class Client(asyncio.Protocol):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.ws = ServerProtocol(max_size=gateway.settings.max_message_size, logger=_quiet)
-        self.transport: asyncio.Transport | None = None
         self.outbox = Outbox()
         self.session = ""
         self.grant: Grant = OPEN
@@ -169,7 +170,7 @@ class Client(asyncio.Protocol):
     # --- asyncio.Protocol -----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.transport = transport = cast(asyncio.Transport, transport)
         # the core writes straight to the transport while it is not paused, and
         # asks the slow-client policy only once it is: so it pauses no later
         # than the policy's lower limit
@@ -273,12 +274,13 @@ class Client(asyncio.Protocol):
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
         if opcode is Opcode.TEXT:
+            data = bytes(frame.data)  # bytes already (websockets' parser): no copy
             if frame.fin:
-                self._message(frame.data)
+                self._message(data)
             else:
-                self.fragments = [frame.data]
+                self.fragments = [data]
         elif opcode is Opcode.CONT and self.fragments is not None:
-            self.fragments.append(frame.data)
+            self.fragments.append(bytes(frame.data))
             if frame.fin:
                 data, self.fragments = b"".join(self.fragments), None
                 self._message(data)
@@ -343,8 +345,8 @@ def _release_handshake(ws: ServerProtocol) -> None:
     reader's ``at_eof``, nothing half-read), a fresh frame parser, the same
     one it delegates to, takes its place; otherwise (bytes of a frame already
     read) it is left alone."""
-    inner = ws.parser.gi_yieldfrom  # Protocol.parse, run by ServerProtocol.parse
-    waiting = inner.gi_yieldfrom if inner is not None else None
+    inner = getattr(ws.parser, "gi_yieldfrom", None)  # Protocol.parse, run by ServerProtocol's
+    waiting = getattr(inner, "gi_yieldfrom", None)
     if waiting is None or waiting.gi_code.co_name != "at_eof" or ws.reader.buffer:
         return
     parser = Protocol.parse(ws)
