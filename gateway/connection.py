@@ -202,6 +202,16 @@ class Client(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_seen = time.monotonic()
         ws = self.ws
+        if (
+            len(data) >= 6
+            and data[0] == 0x8A  # FIN, no RSV bits, PONG
+            and data[1] & 0x80  # masked, as a client's frame must be
+            and (data[1] & 0x7F) <= 125
+            and len(data) == 6 + (data[1] & 0x7F)  # one whole frame, nothing else
+            and self.writable
+            and _between_frames(ws)
+        ):
+            return  # an answer to our ping, alone: proof of life (last_seen), nothing else
         ws.receive_data(data)
         for event in ws.events_received():
             if isinstance(event, Frame):
@@ -334,6 +344,20 @@ class Client(asyncio.Protocol):
                 node.authenticate(self, message)
         except ClientError as error:
             node.send_error(self, error)
+
+
+def _between_frames(ws: ServerProtocol) -> bool:
+    """Is websockets' parser waiting for the first byte of a frame (nothing
+    of a frame read yet)? Then bytes that are one whole frame may be taken
+    past it without changing what it would have done with the next ones."""
+    if ws.reader.buffer:
+        return False
+    parser = ws.parser
+    inner = getattr(parser, "gi_yieldfrom", None)
+    while inner is not None:
+        parser, inner = inner, getattr(inner, "gi_yieldfrom", None)
+    code = getattr(parser, "gi_code", None)
+    return code is not None and code.co_name == "at_eof"
 
 
 def _release_handshake(ws: ServerProtocol) -> None:
