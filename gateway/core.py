@@ -262,6 +262,11 @@ class Core:
                 if topic is not None:
                     _not_live(session, topic)
             session.lane = False
+            # nothing keeps a gone connection alive until the next flush
+            if session in self.pressed:
+                self.pressed = [other for other in self.pressed if other is not session]
+            if session in self.promote:
+                self.promote = [other for other in self.promote if other is not session]
         for name in self.hub.detach_all(conn):
             self._unsubscribed(name)
 
