@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Protocol
 
 __all__ = ["Outbox", "SlowClientPolicy", "Verdict"]
 
@@ -25,12 +26,11 @@ __all__ = ["Outbox", "SlowClientPolicy", "Verdict"]
 class Outbox:
     """Frames owed to one connection since its last write."""
 
-    __slots__ = ("conflated", "frames", "slow_since")
+    __slots__ = ("frames", "slow_since")
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
         self.slow_since: float | None = None
-        self.conflated: set[str] = set()
 
     def push(self, frame: bytes) -> bool:
         """Queue ``frame``; True when the outbox was empty (schedule a write)."""
@@ -48,6 +48,12 @@ class Outbox:
         return data
 
 
+class Judged(Protocol):
+    """What the policy reads and marks: when the connection fell behind."""
+
+    slow_since: float | None
+
+
 class Verdict(enum.Enum):
     OK = "ok"
     CONFLATE = "conflate"
@@ -61,7 +67,7 @@ class SlowClientPolicy:
     hard_limit: int = 4 * 1024 * 1024
     grace: float = 30.0
 
-    def judge(self, outbox: Outbox, unsent: int, now: float) -> Verdict:
+    def judge(self, outbox: Judged, unsent: int, now: float) -> Verdict:
         """Decide from ``unsent`` bytes still in the socket's write buffer."""
         if unsent > self.hard_limit:
             return Verdict.CLOSE

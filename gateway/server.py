@@ -339,7 +339,7 @@ class Gateway:
     def client_address(self, client: Client, request: Request) -> str:
         """The client's address: the TCP peer, or behind one of
         ``--trusted-proxies`` what its ``X-Forwarded-For`` says."""
-        peer = client.transport.get_extra_info("peername") if client.transport else None
+        peer = client.transport.get_extra_info("peername")
         address = str(peer[0]) if peer else "?"
         if self.proxies:
             return self.proxies.client(address, request.headers.get_all("X-Forwarded-For"))

@@ -101,6 +101,7 @@ class BenchConnection(asyncio.Protocol):
         "positions",
         "ready",
         "ready_at",
+        "resume",
         "snapshots",
         "started_at",
         "tally",
@@ -108,9 +109,18 @@ class BenchConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, mode: str, host: str, topics: list[str], tally: GeneratorCounts) -> None:
+    def __init__(
+        self,
+        mode: str,
+        host: str,
+        topics: list[str],
+        tally: GeneratorCounts,
+        resume: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
         self.mode = mode
         self.topics = topics
+        # reconnect scenario: per topic (since, head); ready once at head
+        self.resume = resume
         self.tally = tally
         path = "/" if mode == "nats" else "/ws"
         if mode == "naive":
@@ -124,6 +134,9 @@ class BenchConnection(asyncio.Protocol):
         if mode != "scorecast":  # no snapshots there: every topic starts before seq 1
             for topic in topics:
                 self.positions.snapshot(topic, 0)
+        if resume:
+            for topic, (since, _) in resume.items():
+                self.positions.snapshot(topic, since)
         self.snapshots = 0
         self.started_at = time.time()
         self.ready_at: float | None = None
@@ -198,7 +211,13 @@ class BenchConnection(asyncio.Protocol):
     def _upgraded(self) -> None:
         if self.mode == "scorecast":
             topics = ",".join(f'"{topic}"' for topic in self.topics)
-            self._send(b'{"type":"subscribe","id":1,"topics":[' + topics.encode() + b"]}")
+            since = b""
+            if self.resume:
+                pairs = ",".join(f'"{t}":{since}' for t, (since, _) in self.resume.items())
+                since = b',"since":{' + pairs.encode() + b"}"
+            self._send(
+                b'{"type":"subscribe","id":1,"topics":[' + topics.encode() + b"]" + since + b"}"
+            )
         elif self.mode == "naive":
             pass  # the topics were in the URL; wait for "subscribed"
 
@@ -214,6 +233,8 @@ class BenchConnection(asyncio.Protocol):
                     return
                 self.positions.snapshot(match[1].decode(), int(match[2]))
                 self.snapshots += 1
+                if self.resume:
+                    self.tally.error("resumed with a snapshot, not a replay")
                 if self.snapshots >= len(self.topics):
                     self._set_ready()
             elif payload.startswith(b'{"type":"subscribed"') and self.mode == "naive":
@@ -235,11 +256,18 @@ class BenchConnection(asyncio.Protocol):
             return
         if verdict is not Arrival.OK:  # a gap (or, on a snapshot mode, no snapshot yet)
             tally.gaps += 1
+        if self.resume and not self.ready.done() and self._replayed():
+            self._set_ready()
         tally.received += 1
         tally.last_at = now
         if tally.first_at is None:
             tally.first_at = now
         tally.latency.record(now - float(match[3]))
+
+    def _replayed(self) -> bool:
+        assert self.resume is not None
+        seqs = self.positions.seqs
+        return all(seqs.get(topic, 0) >= head for topic, (_, head) in self.resume.items())
 
     # --- NATS protocol over the WebSocket ----------------------------------------
 
@@ -291,9 +319,18 @@ class Generator:
         self.connections: list[BenchConnection] = []
 
     async def open(
-        self, mode: str, host: str, port: int, plan: list[list[str]], window: int, timeout: float
+        self,
+        mode: str,
+        host: str,
+        port: int,
+        plan: list[list[str]],
+        window: int,
+        timeout: float,
+        resume: dict[str, tuple[int, int]] | None = None,
     ) -> dict[str, Any]:
-        """Open one connection per topic list in ``plan``, ``window`` at a time."""
+        """Open one connection per topic list in ``plan``, ``window`` at a time;
+        with ``resume`` (topic -> since, head) each subscribes with ``since``
+        and is ready once replayed up to ``head``."""
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(max(1, window))
         authority = f"{host}:{port}"
@@ -302,7 +339,7 @@ class Generator:
 
         async def one(topics: list[str]) -> None:
             async with slots:
-                connection = BenchConnection(mode, authority, topics, self.tally)
+                connection = BenchConnection(mode, authority, topics, self.tally, resume)
                 try:
                     async with asyncio.timeout(timeout):
                         sock = await dial(host, port, self.source)

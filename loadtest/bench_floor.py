@@ -28,7 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import nats
@@ -52,7 +53,7 @@ class FloorConnection(asyncio.Protocol):
         self.audience = audience
         self.head: bytes | None = b""  # None once upgraded
         self.topics: list[str] = []
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport  # from connection_made on
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -101,7 +102,6 @@ class FloorConnection(asyncio.Protocol):
                 members.discard(self.transport)
                 if not members:
                     del self.audience[topic]
-        self.transport = None
 
 
 async def serve_floor(nats_url: str, host: str, port: int) -> None:
@@ -137,7 +137,7 @@ async def serve_floor(nats_url: str, host: str, port: int) -> None:
         await nc.close()
 
 
-def server_main(serve: Callable[[str, str, int], Awaitable[None]], doc: str | None,
+def server_main(serve: Callable[[str, str, int], Coroutine[Any, Any, None]], doc: str | None,
                 argv: list[str] | None = None) -> None:  # fmt: skip
     """The command line of a comparison server: ``--nats URL [--host H] --port P``."""
     parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
