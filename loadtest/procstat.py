@@ -4,6 +4,15 @@ A storm on one machine shares two cores between the gateways and the
 generator, so the result records both: for each group of root processes
 and all their descendants, CPU seconds used so far and resident memory now.
 Processes that are gone are skipped. Sans-dependencies: plain file reads.
+
+Resident memory double-counts what processes share (a forked or spawned
+worker's interpreter pages, copy-on-write data): :meth:`ProcessGroup.memory`
+also sums PSS from ``/proc/PID/smaps_rollup``, where a page shared by ``n``
+processes counts ``1/n`` in each, so a group's PSS counts it once. PSS walks
+the page tables, so it is read at the storm's measuring points, not every
+second. :func:`kernel_memory` is the kernel's side: TCP buffer pages from
+``/proc/net/sockstat`` and the slab caches (sockets, inodes, epoll items)
+from ``/proc/meminfo``.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["Machine", "ProcessGroup"]
+__all__ = ["Machine", "ProcessGroup", "kernel_memory", "meminfo", "pss"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -33,6 +42,52 @@ def _rss(pid: int) -> int:
         return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def pss(pid: int) -> int:
+    """Proportional set size of one process in bytes (0 when it is gone or the
+    kernel has no smaps_rollup)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def meminfo() -> dict[str, int]:
+    """``/proc/meminfo`` in bytes (name -> value)."""
+    memory: dict[str, int] = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, _, value = line.partition(":")
+        parts = value.split()
+        if parts:
+            memory[name] = int(parts[0]) * (1024 if len(parts) > 1 else 1)
+    return memory
+
+
+def kernel_memory() -> dict[str, int]:
+    """The kernel's memory that grows with connections, machine-wide, bytes:
+    ``tcp_buffers`` (sockstat ``TCP ... mem``, pages of queued data),
+    ``tcp_sockets`` (sockstat ``inuse``, a count), ``slab`` and
+    ``slab_unreclaimable`` (meminfo), and ``available`` (MemAvailable)."""
+    figures = {"tcp_buffers": 0, "tcp_sockets": 0}
+    try:
+        for line in Path("/proc/net/sockstat").read_text().splitlines():
+            if line.startswith("TCP:"):
+                fields = line.split()[1:]
+                values = dict(zip(fields[::2], fields[1::2], strict=False))
+                figures["tcp_buffers"] = int(values.get("mem", 0)) * _PAGE
+                figures["tcp_sockets"] = int(values.get("inuse", 0))
+    except OSError:
+        pass
+    memory = meminfo()
+    figures["slab"] = memory.get("Slab", 0)
+    figures["slab_unreclaimable"] = memory.get("SUnreclaim", 0)
+    figures["available"] = memory.get("MemAvailable", 0)
+    return figures
 
 
 class ProcessGroup:
@@ -69,6 +124,15 @@ class ProcessGroup:
                 rss += _rss(pid)
         return {"cpu_seconds": cpu, "rss_bytes": rss, "processes": len(members), "at": at}
 
+    def memory(self) -> dict[str, int]:
+        """PSS and RSS of the live members now, bytes, and how many there are."""
+        members = self.members()
+        return {
+            "pss_bytes": sum(pss(pid) for pid in members),
+            "rss_bytes": sum(_rss(pid) for pid in members),
+            "processes": len(members),
+        }
+
 
 class Machine:
     """The whole machine, same sample shape: CPU seconds busy (all cores, from
@@ -80,9 +144,12 @@ class Machine:
         fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
         user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
         busy = (user + nice + system + irq + softirq + steal) / _TICKS
-        memory = {}
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            name, _, value = line.partition(":")
-            memory[name] = int(value.split()[0]) * 1024
+        memory = meminfo()
         used = memory.get("MemTotal", 0) - memory.get("MemAvailable", 0)
-        return {"cpu_seconds": busy, "rss_bytes": float(used), "processes": 0, "at": at}
+        return {
+            "cpu_seconds": busy,
+            "rss_bytes": float(used),
+            "available_bytes": float(memory.get("MemAvailable", 0)),
+            "processes": 0,
+            "at": at,
+        }

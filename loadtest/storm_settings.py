@@ -4,6 +4,13 @@ Every flag also reads ``SCORECAST_<FLAG>`` from the environment. Settings
 that cannot work are refused with a :class:`StormError` saying why: targets
 outside loopback, more connections per process than the open-file limit
 allows, more per (source, destination) pair than there are ephemeral ports.
+
+The defaults fit what ``scorecast dev`` (``make run``) runs: its gateway on
+``ws://127.0.0.1:8080/ws``, its simulator's six matches ``match.1000`` ..
+``match.1005``, and no publishing of our own (``--publish-rate 0``), since
+the simulator already publishes there. dev's embedded nats-server listens on
+a free port (printed at start, ``NATS: ...``); pass it as ``--nats`` to
+publish too.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import itertools
 import math
 import os
 import resource
@@ -52,11 +60,12 @@ class StormSettings:
     per_worker: int = 15_000
     sources: str = "auto"  # "auto", a count, or comma-separated 127.x.y.z addresses
     max_pending: int = 200
-    topics: int = 100
+    topics: int = 6  # scorecast dev's --matches
     topics_per_client: int = 2
     zipf: float = 1.0
-    topic_prefix: str = "storm."
-    publish_rate: float = 10.0
+    topic_prefix: str = "match."
+    topic_first: int = 1000  # the simulator's first match id
+    publish_rate: float = 0.0  # scorecast dev's simulator publishes
     nats: str = "nats://127.0.0.1:4222"
     history: int = 1000
     duration: float = 60.0
@@ -68,6 +77,10 @@ class StormSettings:
     seed: int = 1
     scrape: bool = True
     watch_pids: tuple[int, ...] = ()  # server processes whose CPU and memory to record
+    steps: tuple[int, ...] = ()  # the cost curve: ramp to each, hold, measure, one goal
+    step_hold: float = 5.0
+    goal_timeout: float = 60.0
+    min_available_mib: int = 3072  # abort when the machine's MemAvailable falls below
     output: str = "storm-result.json"
     quiet: bool = False
 
@@ -108,12 +121,19 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = 
     f("--topics", d.topics, int, help="topics, drawn with Zipf popularity")
     f("--topics-per-client", d.topics_per_client, int, help="topics each client subscribes")
     f("--zipf", d.zipf, float, help="Zipf exponent of topic popularity (0: uniform)")
-    f("--topic-prefix", d.topic_prefix, str, help="topic names are PREFIX1..PREFIXN")
+    f(
+        "--topic-prefix",
+        d.topic_prefix,
+        str,
+        help="topic names are PREFIX<first>..PREFIX<first+N-1> (default: scorecast dev's matches)",
+    )
+    f("--topic-first", d.topic_first, int, help="number of the first topic (1000: the simulator's)")
     f(
         "--publish-rate",
         d.publish_rate,
         float,
-        help="events per second over all topics (0: publish nothing; events come from elsewhere)",
+        help="events per second over all topics, published by the storm (0, the default: "
+        "publish nothing; events come from the running publishers, e.g. scorecast dev's simulator)",
     )
     f("--nats", d.nats, str, help="NATS URL for the publisher")
     f("--history", d.history, int, help="per-topic history if the publisher creates SCORES")
@@ -153,6 +173,23 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = 
         help="PIDs of server processes (gateways, nats-server), "
         "comma-separated, whose CPU and memory (children included) to record each second",
     )
+    f(
+        "--steps",
+        "",
+        str,
+        help="the cost curve: connection counts, comma-separated (10000,50000,...); ramp to "
+        "each, hold, measure memory (PSS, kernel) and the handshake rate, publish one goal "
+        "every client holds and time its arrival at the last client; the last step is "
+        "--connections, --duration the longest the run may take",
+    )
+    f("--step-hold", d.step_hold, float, help="seconds to hold each step before measuring")
+    f("--goal-timeout", d.goal_timeout, float, help="seconds a step's goal may take to arrive")
+    f(
+        "--min-available-mib",
+        d.min_available_mib,
+        int,
+        help="stop the storm when the machine's available memory falls below this (0: never)",
+    )
     f("--output", d.output, str, help="JSON result file")
     f("--quiet", "no", _yes, help="no progress lines (yes/no)")
     return parser
@@ -164,13 +201,26 @@ def settings_from_args(args: argparse.Namespace) -> StormSettings:
         workers=args.workers, per_worker=args.per_worker, sources=args.sources,
         max_pending=args.max_pending, topics=args.topics,
         topics_per_client=args.topics_per_client, zipf=args.zipf,
-        topic_prefix=args.topic_prefix, publish_rate=args.publish_rate, nats=args.nats,
+        topic_prefix=args.topic_prefix, topic_first=args.topic_first,
+        publish_rate=args.publish_rate, nats=args.nats,
         history=args.history, duration=args.duration, drain=args.drain,
         reconnect_at=args.reconnect_at, reconnect_spread=args.reconnect_spread,
         ping_interval=args.ping_interval, connect_timeout=args.connect_timeout,
         seed=args.seed, scrape=args.scrape, output=args.output, quiet=args.quiet,
-        watch_pids=_pids(args.watch_pids),
+        watch_pids=_pids(args.watch_pids), steps=_steps(args.steps),
+        step_hold=args.step_hold, goal_timeout=args.goal_timeout,
+        min_available_mib=args.min_available_mib,
     )  # fmt: skip
+
+
+def _steps(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(part.replace("_", "")) for part in csv(text))
+    except ValueError:
+        raise StormError(f"--steps takes connection counts, got {text!r}") from None
+    if any(b <= a for a, b in itertools.pairwise(steps)) or any(n < 1 for n in steps):
+        raise StormError(f"--steps must rise from at least 1, got {text!r}")
+    return steps
 
 
 def _pids(text: str) -> tuple[int, ...]:
@@ -230,6 +280,8 @@ def _sources(spec: str, connections: int, targets: int) -> tuple[str, ...]:
 
 def build_plan(settings: StormSettings) -> StormPlan:
     s = settings
+    if s.steps:  # the last step is the connection count
+        s = dataclasses.replace(s, connections=s.steps[-1])
     for name, value, low in (
         ("connections", s.connections, 1),
         ("per-worker", s.per_worker, 1),
@@ -250,6 +302,7 @@ def build_plan(settings: StormSettings) -> StormPlan:
         ("publish-rate", s.publish_rate),
         ("drain", s.drain),
         ("reconnect-spread", s.reconnect_spread),
+        ("step-hold", s.step_hold),
         ("zipf", s.zipf),
         ("ping-interval", s.ping_interval),
         ("workers", s.workers),
@@ -258,6 +311,8 @@ def build_plan(settings: StormSettings) -> StormPlan:
             raise StormError(f"--{name} must not be negative, got {value}")
     if s.reconnect_at is not None and not 0 < s.reconnect_at < s.duration:
         raise StormError("--reconnect-at must fall inside --duration")
+    if s.steps and s.reconnect_at is not None:
+        raise StormError("--steps and --reconnect-at are separate runs: pick one")
     if s.topics_per_client > s.topics:
         raise StormError("--topics-per-client cannot exceed --topics")
     targets = _targets(s.urls)
@@ -283,7 +338,8 @@ def build_plan(settings: StormSettings) -> StormPlan:
         topics_per_client=s.topics_per_client, zipf=s.zipf, prefix=s.topic_prefix,
         seed=s.seed, duration=s.duration, drain=s.drain, reconnect_at=s.reconnect_at,
         reconnect_spread=s.reconnect_spread, ping_interval=s.ping_interval,
-        connect_timeout=s.connect_timeout,
+        connect_timeout=s.connect_timeout, topic_first=s.topic_first, steps=s.steps,
+        goal_topic=f"{s.topic_prefix}goal" if s.steps else None,
     )  # fmt: skip
 
 
