@@ -18,10 +18,12 @@ nats_port=${NATS_PORT:-4222}
 mkdir -p "$out"
 store=$(mktemp -d /tmp/scorecast-storm-js.XXXXXX)
 pids=()
-# each server runs in its own process group (setsid), so stopping it stops its workers too
+# each server runs in its own process group (setsid), so stopping it stops its
+# workers too; the last started stops first (the gateway before its nats-server)
 cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        pid=${pids[$i]}
+        kill -TERM -- "-$pid" 2>/dev/null || true
         for _ in $(seq 100); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.2; done
         kill -KILL -- "-$pid" 2>/dev/null || true
     done

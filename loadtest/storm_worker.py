@@ -307,15 +307,17 @@ class Worker:
         loop = asyncio.get_running_loop()
         await asyncio.sleep(max(0.0, at - loop.time()))
         spread = self.plan.reconnect_spread
-        cut_at, cut = time.time(), 0
+        cut_at, cut, before = time.time(), 0, self.tally.reconnects
         for client in self.clients:
             if client.up:
                 client.abort()
                 cut += 1
                 self.tally.forced_drops += 1
                 self._spawn(self._keep_trying(client, self.rng.random() * spread))
-        # the re-admission rate: from the cut until every client is subscribed again
-        while self.tally.up < len(self.clients):
+        # the re-admission rate: from the cut until every client cut is subscribed
+        # again (``up`` would not do: a cut link counts as down only once the loop
+        # has run its connection_lost)
+        while self.tally.reconnects - before < cut:
             await asyncio.sleep(0.02)
         self.report({"kind": "readmitted", "worker": self.index, "cut": cut, "cut_at": cut_at,
                      "at": time.time(), "clients": len(self.clients)})  # fmt: skip
