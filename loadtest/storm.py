@@ -485,6 +485,31 @@ def _broken(result: dict) -> bool:
     return bool(result["failures"]) or ordering > 0
 
 
+def conntrack_room(connections: int, reconnect: bool) -> str | None:
+    """Why the kernel's connection tracking cannot hold this storm, or None.
+
+    Where netfilter's conntrack is loaded, every loopback connection takes an
+    entry too (one per connection, both directions), and once the table is
+    full new connections' SYNs are dropped: the ramp stalls with no error
+    anywhere but the kernel log. A mass reconnect needs room for the cut
+    connections' entries as well until they expire."""
+    root = Path("/proc/sys/net/netfilter")
+    try:
+        most = int((root / "nf_conntrack_max").read_text())
+        used = int((root / "nf_conntrack_count").read_text())
+    except (OSError, ValueError):
+        return None  # no conntrack: nothing to fill
+    needed = connections * (2 if reconnect else 1)
+    if used + needed <= most:
+        return None
+    return (
+        f"the kernel tracks every loopback connection (nf_conntrack) and its table holds "
+        f"{most:,} ({used:,} in use), too few for {needed:,} more: raise it "
+        f"(sysctl -w net.netfilter.nf_conntrack_max={2 ** (used + needed).bit_length()}) or "
+        "exempt loopback from tracking"
+    )
+
+
 def main(args: argparse.Namespace | list[str] | None = None) -> int:
     """Exit 0 after a clean storm, 1 when the guarantee broke, a worker failed or
     no connection was ever opened,
@@ -494,7 +519,10 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
         args = parser.parse_args(args)
     try:
         settings = settings_from_args(args)
-        check_settings(settings)
+        plan = check_settings(settings)
+        full = conntrack_room(plan.connections, plan.reconnect_at is not None)
+        if full is not None:
+            raise StormError(full)
     except StormError as error:
         print(f"scorecast storm: {error}", file=sys.stderr)
         return 2

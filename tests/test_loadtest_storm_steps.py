@@ -230,3 +230,15 @@ def test_storm_with_only_the_url_runs_against_scorecast_dev(tmp_path):
     assert totals["gaps"] == totals["duplicates"] == totals["backwards"] == 0
     assert totals["snapshots"] == 60  # two of dev's matches each
     assert totals["events"] > 0  # the simulator's
+
+
+def test_a_storm_too_big_for_the_conntrack_table_is_refused_with_the_fix():
+    from pathlib import Path
+
+    from scorecast.loadtest.storm import conntrack_room
+
+    huge = conntrack_room(10**9, reconnect=True)
+    if not Path("/proc/sys/net/netfilter/nf_conntrack_max").exists():
+        assert huge is None  # no connection tracking on this machine: nothing to fill
+    else:
+        assert "nf_conntrack_max=" in huge and "2,000,000,000 more" in huge
