@@ -202,30 +202,50 @@ class _Run:
             await nc.close()
 
     async def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        """One progress line and one /metrics read per second, until the end."""
+        """One progress line and one /metrics read per second, until the end.
+
+        The /metrics read and the memory point run beside the loop: a gateway
+        of many busy workers may answer late, and PSS of some 60 processes
+        takes a moment; neither holds up the per-second samples."""
         second = 0
         start = loop.time() + (self.t0.value - time.time())
         end = start + self.plan.duration + self.plan.drain
-        while loop.time() < end + 1:
-            due = start + second + 1
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            for name, group in self.groups.items():
-                sample = await asyncio.to_thread(group.sample)
-                self.results.add_processes(second, name, sample)
-                if name == "machine":
-                    self._guard(sample)
-            if second % MEMORY_EVERY == 0:
-                self.memory.append(await self._memory_point())
-            samples = await self._scrape()
-            if samples is not None:
-                self.results.add_gateway(second, samples)
-            # wait a little for stragglers, never long
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, due + 0.5 - loop.time())):
-                    while self.reported.get(second, 0) < self.plan.workers:
-                        await asyncio.sleep(0.02)
-            self.say(self.results.progress(second))
-            second += 1
+        scraping: asyncio.Task | None = None
+        measuring: asyncio.Task | None = None
+        try:
+            while loop.time() < end + 1:
+                due = start + second + 1
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                for name, group in self.groups.items():
+                    sample = await asyncio.to_thread(group.sample)
+                    self.results.add_processes(second, name, sample)
+                    if name == "machine":
+                        self._guard(sample)
+                if second % MEMORY_EVERY == 0 and (measuring is None or measuring.done()):
+                    measuring = loop.create_task(self._measure())
+                if scraping is None or scraping.done():
+                    scraping = loop.create_task(self._scrape_into(second))
+                # wait a little for stragglers (and this second's /metrics), never long
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, due + 0.5 - loop.time())):
+                        while self.reported.get(second, 0) < self.plan.workers or (
+                            not scraping.done()
+                        ):
+                            await asyncio.sleep(0.02)
+                self.say(self.results.progress(second))
+                second += 1
+        finally:
+            for task in (scraping, measuring):
+                if task is not None:
+                    task.cancel()
+
+    async def _scrape_into(self, second: int) -> None:
+        samples = await self._scrape(timeout=5.0)
+        if samples is not None:
+            self.results.add_gateway(second, samples)
+
+    async def _measure(self) -> None:
+        self.memory.append(await self._memory_point())
 
     def _guard(self, sample: dict) -> None:
         """Stop the storm before the machine runs out of memory."""
