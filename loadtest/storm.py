@@ -349,7 +349,7 @@ class _Run:
                 record["memory"] = await self._memory_point()
                 seq += 1
                 control.goal_seq.value = seq  # the workers look for it before it is sent
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.25)  # they poll every 50 ms
                 published = time.time()
                 body = encode_envelope(topic, seq, published, "goal", {"step": step},
                                        {"goals": seq})  # fmt: skip
