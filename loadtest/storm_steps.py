@@ -116,7 +116,7 @@ def reconnect_summary(
         summary["fresh_seconds"] = round(ramp, 2)
         summary["fresh_per_second"] = round(connections / ramp, 1) if ramp > 0 else None
         # a ramp that kept to --rate measured the schedule, not the gateway
-        summary["fresh_limited_by_rate"] = connections / ramp > 0.95 * rate if ramp > 0 else None
+        summary["fresh_limited_by_rate"] = connections / ramp > 0.9 * rate if ramp > 0 else None
     cut = sum(message["cut"] for message in readmitted)
     summary["cut"] = cut
     if readmitted:
