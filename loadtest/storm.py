@@ -262,6 +262,14 @@ class _Run:
     def _held(self) -> int:
         return sum(self.up.values())
 
+    async def _cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by each role's processes."""
+
+        def sample() -> dict[str, float]:
+            return {role: group.sample()["cpu_seconds"] for role, group in self.roles.items()}
+
+        return await asyncio.to_thread(sample)
+
     async def _memory_point(self) -> dict:
         point = await asyncio.to_thread(memory_point, self.roles, self._held())
         point["gateway_connections"] = self.gateway_connections
@@ -323,6 +331,7 @@ class _Run:
             for step in plan.steps:
                 if self.stop.is_set():
                     break
+                cpu = await self._cpu()
                 began = time.time()
                 control.step_wall.value = began
                 control.allowed.value = step
@@ -333,11 +342,19 @@ class _Run:
                 ended = time.time()
                 if reached:
                     ended = max(m["at"] for m in self.reached[step].values())
+                held_cpu = await self._cpu()
+                held_at = time.time()
                 record: dict = {
                     "step": step,
                     "reached": reached,
                     "seconds": round(ended - began, 2),
                     "handshakes_per_second": round((step - previous) / (ended - began), 1),
+                    # CPU of each role per connection added (handshake, subscribe,
+                    # snapshots, and whatever else ran meanwhile: heartbeats)
+                    "cpu_ms_per_handshake": {
+                        role: round((held_cpu[role] - cpu[role]) / (step - previous) * 1000, 3)
+                        for role in held_cpu
+                    },
                 }
                 rate = record["handshakes_per_second"]
                 self.say(f"storm: step {step:,} {'reached' if reached else 'NOT reached'} "
@@ -346,7 +363,13 @@ class _Run:
                 if self.stop.is_set():
                     self.steps.append(record)
                     break
+                cpu = await self._cpu()
+                record["holding_cores"] = {  # CPU while the step is held: heartbeats, sweeps
+                    role: round((cpu[role] - held_cpu[role]) / (time.time() - held_at), 3)
+                    for role in cpu
+                }
                 record["memory"] = await self._memory_point()
+                cpu = await self._cpu()
                 seq += 1
                 control.goal_seq.value = seq  # the workers look for it before it is sent
                 await asyncio.sleep(0.25)  # they poll every 50 ms
@@ -359,6 +382,7 @@ class _Run:
                     lambda seq=seq: len(self.goals.get(seq, {})) >= plan.workers,
                     plan.goal_timeout + 5,
                 )
+                goal_cpu = await self._cpu()
                 reports = list(self.goals.get(seq, {}).values())
                 lasts = [r["last_at"] for r in reports if r["last_at"] is not None]
                 firsts = [r["first_at"] for r in reports if r["first_at"] is not None]
@@ -371,6 +395,12 @@ class _Run:
                     "first_ms": round((min(firsts) - published) * 1000, 1) if firsts else None,
                     "last_ms": round((max(lasts) - published) * 1000, 1) if lasts else None,
                 }
+                delivered = record["goal"]["received"]
+                if delivered:  # CPU per frame of the goal's fan-out (at /proc's 10 ms ticks)
+                    record["goal"]["cpu_us_per_delivery"] = {
+                        role: round((goal_cpu[role] - cpu[role]) / delivered * 1e6, 2)
+                        for role in cpu
+                    }
                 goal = record["goal"]
                 self.say(f"storm: step {step:,} goal reached {goal['received']:,} of "
                          f"{goal['expected']:,} in {goal['last_ms']} ms")  # fmt: skip

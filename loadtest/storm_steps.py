@@ -81,6 +81,12 @@ def curve(baseline: dict, steps: list[dict], roles: tuple[str, ...]) -> list[dic
             if "available" in memory
             else None,
         }
+        for role, value in (step.get("cpu_ms_per_handshake") or {}).items():
+            row[f"{role}_cpu_ms_per_handshake"] = value
+        for role, value in (step.get("holding_cores") or {}).items():
+            row[f"{role}_holding_cores"] = value
+        for role, value in (goal.get("cpu_us_per_delivery") or {}).items():
+            row[f"{role}_cpu_us_per_goal_delivery"] = value
         added = held - (previous.get("connections") or 0)
         for role in (*roles, "kernel"):
             now, base, before = (_value(p, role) for p in (memory, baseline, previous))

@@ -81,6 +81,9 @@ def test_steps_measure_each_step_and_deliver_one_goal_to_every_client(
             assert f"{role}_kib_per_connection" in row
         assert row["gateway_mib"] > 10  # a gateway of two workers and a supervisor
     assert "gateway_marginal_kib" in rows[1]
+    for row in rows:  # CPU per handshake, while holding, per goal frame: per role
+        for key in ("cpu_ms_per_handshake", "holding_cores", "cpu_us_per_goal_delivery"):
+            assert row[f"gateway_{key}"] >= 0 and row[f"generator_{key}"] >= 0
     baseline = result["memory"]["baseline"]
     assert baseline["connections"] == 0 and baseline["gateway_processes"] >= 3
     assert baseline["generator_pss"] > 0 and baseline["slab"] > 0
