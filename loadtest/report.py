@@ -66,8 +66,13 @@ def _mark_events(axes, result: dict) -> None:
         axes.text(at, 1.0, " mass reconnect", transform=axes.get_xaxis_transform(),
                   va="top", fontsize=8, color="grey")  # fmt: skip
     duration = settings.get("duration")
-    if duration:
+    if duration and not settings.get("steps"):  # with steps, only the longest it may take
         axes.axvline(duration, color="grey", linestyle=":", linewidth=1)
+    t0 = result.get("t0")
+    for point in (result.get("steps") or {}).get("points") or []:
+        goal = point.get("goal") or {}
+        if t0 and goal.get("published_at"):  # each step's goal
+            axes.axvline(goal["published_at"] - t0, color="tab:red", linestyle=":", linewidth=0.8)
 
 
 def _png(figure) -> bytes:
@@ -180,7 +185,7 @@ ROLES = (
 
 def _memory_plot(plt, result: dict, points: list[dict], baseline: dict) -> bytes:
     """PSS of each role and the kernel's socket memory over the run, GiB."""
-    start = (result.get("memory") or {}).get("t0") or baseline["at"]
+    start = result.get("t0") or baseline["at"]
     t = [point["at"] - start for point in points]
     figure, axes = plt.subplots(figsize=(9, 3.6))
     for role, label in ROLES:
@@ -199,7 +204,9 @@ def _memory_plot(plt, result: dict, points: list[dict], baseline: dict) -> bytes
     axes.set(title="Memory (PSS: shared pages counted once; kernel: machine-wide)",
              xlabel="seconds", ylabel="GiB")  # fmt: skip
     lines, more = axes.get_legend_handles_labels(), right.get_legend_handles_labels()
-    axes.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left", fontsize=8)
+    axes.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left", fontsize=8,
+                framealpha=0.6)  # fmt: skip
+    axes.set_ylim(bottom=0)
     _mark_events(axes, result)
     return _png(figure)
 

@@ -482,6 +482,7 @@ class _Run:
         settings.update(workers=plan.workers, sources=list(plan.sources),
                         connections=plan.connections, goal_topic=plan.goal_topic)  # fmt: skip
         document = self.results.document(settings, machine, started_at)
+        document["t0"] = self.t0.value  # wall clock of second 0 of the series
         document["memory"] = {"baseline": self.baseline, "points": self.memory}
         roles = tuple(name for name in ("gateway", "nats", "generator") if name in self.roles)
         if self.plan.steps:
