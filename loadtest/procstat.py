@@ -11,8 +11,9 @@ also sums PSS from ``/proc/PID/smaps_rollup``, where a page shared by ``n``
 processes counts ``1/n`` in each, so a group's PSS counts it once. PSS walks
 the page tables, so it is read at the storm's measuring points, not every
 second. :func:`kernel_memory` is the kernel's side: TCP buffer pages from
-``/proc/net/sockstat`` and the slab caches (sockets, inodes, epoll items)
-from ``/proc/meminfo``.
+``/proc/net/sockstat``, the slab caches from ``/proc/meminfo``, and those
+that grow with sockets (sockets, inodes, files, epoll items, conntrack
+entries) from ``/proc/slabinfo``, which other work on the machine moves less.
 """
 
 from __future__ import annotations
@@ -68,6 +69,28 @@ def meminfo() -> dict[str, int]:
     return memory
 
 
+# the slab caches that grow with each TCP connection (both ends of a loopback
+# one): the socket, its inode, file, dentry and epoll item, the conntrack entry
+SOCKET_SLABS = ("TCP", "sock_inode_cache", "filp", "dentry", "eventpoll_epi", "nf_conntrack",
+                "skbuff_head_cache", "request_sock_TCP", "tw_sock_TCP")  # fmt: skip
+
+
+def socket_slabs() -> dict[str, int]:
+    """Bytes held by each of :data:`SOCKET_SLABS` (its slabs' pages), from
+    ``/proc/slabinfo`` (readable by root only: empty otherwise)."""
+    sizes: dict[str, int] = {}
+    try:
+        lines = Path("/proc/slabinfo").read_text().splitlines()[2:]
+    except OSError:
+        return sizes
+    for line in lines:
+        fields = line.split()
+        if fields and fields[0] in SOCKET_SLABS:
+            # name active num objsize perslab pagesperslab : tunables ... : slabdata active num
+            sizes[fields[0]] = int(fields[-2]) * int(fields[5]) * _PAGE
+    return sizes
+
+
 def kernel_memory() -> dict[str, int]:
     """The kernel's memory that grows with connections, machine-wide, bytes:
     ``tcp_buffers`` (sockstat ``TCP ... mem``, pages of queued data),
@@ -87,6 +110,10 @@ def kernel_memory() -> dict[str, int]:
     figures["slab"] = memory.get("Slab", 0)
     figures["slab_unreclaimable"] = memory.get("SUnreclaim", 0)
     figures["available"] = memory.get("MemAvailable", 0)
+    slabs = socket_slabs()
+    if slabs:
+        figures["socket_slabs"] = sum(slabs.values())
+        figures.update({f"slab_{name}": size for name, size in slabs.items()})
     return figures
 
 

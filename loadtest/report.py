@@ -179,7 +179,7 @@ ROLES = (
     ("gateway", "gateway (PSS)"),
     ("nats", "nats-server (PSS)"),
     ("generator", "generator (PSS)"),
-    ("kernel", "kernel: TCP buffers + slab growth"),
+    ("kernel", "kernel: TCP buffers + socket slab caches"),
 )
 
 
@@ -190,7 +190,8 @@ def _memory_plot(plt, result: dict, points: list[dict], baseline: dict) -> bytes
     figure, axes = plt.subplots(figsize=(9, 3.6))
     for role, label in ROLES:
         if role == "kernel":
-            values = [(p.get("tcp_buffers", 0) + p.get("slab", 0) - baseline.get("slab", 0))
+            key = "socket_slabs" if "socket_slabs" in baseline else "slab"
+            values = [(p.get("tcp_buffers", 0) + p.get(key, 0) - baseline.get(key, 0))
                       / 2**30 for p in points]  # fmt: skip
         elif f"{role}_pss" in points[0]:
             values = [p.get(f"{role}_pss", 0) / 2**30 for p in points]

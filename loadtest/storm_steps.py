@@ -12,7 +12,9 @@ baseline, divided by the connections held; ``marginal`` is the growth from
 the previous step divided by the connections added, which leaves process
 baselines out. The kernel's share is machine-wide (both ends of every
 loopback connection, and whatever else the machine does): TCP buffer pages
-from ``/proc/net/sockstat`` plus the growth of the slab caches.
+from ``/proc/net/sockstat`` plus the slab caches that grow with sockets
+(``/proc/slabinfo``; all of the slab from ``/proc/meminfo`` where that file
+cannot be read).
 """
 
 from __future__ import annotations
@@ -50,10 +52,9 @@ def memory_point(groups: dict[str, ProcessGroup], connections: int) -> dict:
 
 def _value(point: dict, role: str) -> int | None:
     """Bytes a role holds at a point: its PSS, or the kernel's TCP buffers + slab."""
-    if role == "kernel":
-        if "slab" not in point:
-            return None
-        return point.get("tcp_buffers", 0) + point["slab"]
+    if role == "kernel":  # the socket caches when readable, else all of the slab
+        slabs = point.get("socket_slabs", point.get("slab"))
+        return None if slabs is None else point.get("tcp_buffers", 0) + slabs
     return point.get(f"{role}_pss")
 
 
