@@ -39,6 +39,7 @@ import nats
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import SlowConsumerError
+from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, StreamInfo
 from nats.js.errors import NotFoundError
 
@@ -90,7 +91,7 @@ class NatsBroker:
         self.name = name
         self.request_timeout = request_timeout
         self.nc: nats.NATS | None = None
-        self.js = None
+        self.js: JetStreamContext | None = None
         self.subscriptions: dict[str, Any] = {}
         self.reconnects = 0
         self.stream_resets = 0
@@ -103,6 +104,16 @@ class NatsBroker:
         self._tasks: set[asyncio.Task[Any]] = set()
         # edges: a lost NATS is logged once, then a summary every 30 s
         self.outage = OutageLog(log, name, servers)
+
+    def _client(self) -> nats.NATS:
+        if self.nc is None:
+            raise RuntimeError("not connected to NATS yet")
+        return self.nc
+
+    def _jetstream(self) -> JetStreamContext:
+        if self.js is None:
+            raise RuntimeError("not connected to NATS yet")
+        return self.js
 
     @property
     def connected(self) -> bool:
@@ -143,7 +154,7 @@ class NatsBroker:
         exist yet: our publishers create it so); True when that changed.
         Notices a reset stream on the way."""
         try:
-            info = await self.js.stream_info(STREAM_NAME)
+            info = await self._jetstream().stream_info(STREAM_NAME)
         except NotFoundError:
             return False  # keep the identity: a stream that comes back is new
         self._note_identity(info)
@@ -213,14 +224,14 @@ class NatsBroker:
             deliver(topic, msg.data)
 
         if self.live_prefix == COMMITTED_PREFIX:
-            subscription = await self.nc.subscribe(
+            subscription = await self._client().subscribe(
                 COMMITTED_PREFIX + topic,
                 cb=callback,
                 pending_msgs_limit=PENDING_MSGS,
                 pending_bytes_limit=PENDING_BYTES,
             )
         else:  # no republish rule: a consumer delivers what the stream stored, only that
-            subscription = await self.js.subscribe(
+            subscription = await self._jetstream().subscribe(
                 subject_for(topic),
                 stream=STREAM_NAME,
                 cb=callback,
@@ -233,7 +244,7 @@ class NatsBroker:
 
     async def unsubscribe(self, topic: str) -> None:
         subscription = self.subscriptions.pop(topic, None)
-        if subscription is not None and not self.nc.is_closed:
+        if subscription is not None and not self._client().is_closed:
             await _unsubscribe(subscription, topic)
 
     # --- stored ---------------------------------------------------------------
@@ -243,10 +254,10 @@ class NatsBroker:
         message at all. An invalid head is skipped (counted, logged): the
         snapshot is the newest valid message before it."""
         try:
-            raw = await self.js.get_last_msg(STREAM_NAME, subject_for(topic))
+            raw = await self._jetstream().get_last_msg(STREAM_NAME, subject_for(topic))
         except NotFoundError:
             return None  # no data yet, or no stream yet (publishers create it)
-        envelope = _valid(raw.data, topic)
+        envelope = _valid(raw.data or b"", topic)
         if envelope is not None:
             return envelope
         log.warning(
@@ -264,7 +275,7 @@ class NatsBroker:
         """Read the topic's stored messages with an ephemeral ordered consumer;
         invalid ones are counted and skipped."""
         try:
-            subscription = await self.js.subscribe(
+            subscription = await self._jetstream().subscribe(
                 subject_for(topic),
                 stream=STREAM_NAME,
                 ordered_consumer=True,
@@ -307,7 +318,8 @@ class NatsBroker:
     async def _reconnected(self) -> None:
         self.reconnects += 1
         self.outage.recovered()
-        log.warning("nats reconnected to %s", self.nc.connected_url.netloc)
+        url = self._client().connected_url
+        log.warning("nats reconnected to %s", url.netloc if url is not None else "?")
         if self.on_resync is not None:
             self._schedule(self.on_resync(None))
         self._schedule(self._check_after_reconnect())

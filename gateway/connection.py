@@ -28,11 +28,11 @@ import logging
 import secrets
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
 from scorecast.gateway.admission import Strikes, TokenBucket
@@ -67,6 +67,8 @@ _quiet.setLevel(logging.WARNING)
 class Client(asyncio.Protocol):
     """A client connection; what the node addresses. Hashable by identity."""
 
+    transport: asyncio.Transport  # from connection_made on (nothing uses it before)
+
     __slots__ = (
         "bucket",
         "closed",
@@ -83,7 +85,6 @@ class Client(asyncio.Protocol):
         "session",
         "started",
         "transport",
-        "waiting",
         "withheld",
         "withheld_bytes",
         "writable",
@@ -93,11 +94,8 @@ class Client(asyncio.Protocol):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.ws = ServerProtocol(max_size=gateway.settings.max_message_size, logger=_quiet)
-        self.transport: asyncio.Transport | None = None
         self.outbox = Outbox()
         self.session = ""
-        # topics subscribed but not yet started: topic -> since (None: snapshot)
-        self.waiting: dict[str, int | None] = {}
         self.grant: Grant = OPEN
         self.expiry: asyncio.TimerHandle | None = None
         self.bucket: TokenBucket | None = None
@@ -147,6 +145,7 @@ class Client(asyncio.Protocol):
         a slow consumer's backlog is dropped instead, so that it sees 4008."""
         if self.closed:
             return
+        self.gateway.node.core.indirect(self)  # what the lanes owe it joins the outbox
         withheld, self.withheld = self.withheld, None
         self.withheld_bytes = 0
         if code == CloseCode.SLOW_CONSUMER:
@@ -171,7 +170,14 @@ class Client(asyncio.Protocol):
     # --- asyncio.Protocol -----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.transport = transport = cast(asyncio.Transport, transport)
+        # the core writes straight to the transport while it is not paused, and
+        # asks the slow-client policy only once it is: so it pauses no later
+        # than the policy's lower limit
+        policy = self.gateway.node.policy
+        high = min(WRITE_CHUNK, policy.soft_limit, policy.hard_limit)
+        if high < WRITE_CHUNK:
+            transport.set_write_buffer_limits(high=high)
         send_buffer = self.gateway.settings.socket_send_buffer
         if send_buffer:
             sock = transport.get_extra_info("socket")
@@ -183,16 +189,29 @@ class Client(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.withheld is None:
             self.withheld = []
+        self.gateway.node.core.indirect(self)
 
     def resume_writing(self) -> None:
         withheld, self.withheld = self.withheld, None
         self.withheld_bytes = 0
         if withheld:
             self.write(b"".join(withheld))
+        if self.withheld is None and self.writable:
+            self.gateway.node.core.direct(self, self.transport.write)
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = time.monotonic()
         ws = self.ws
+        if (
+            len(data) >= 6
+            and data[0] == 0x8A  # FIN, no RSV bits, PONG
+            and data[1] & 0x80  # masked, as a client's frame must be
+            and (data[1] & 0x7F) <= 125
+            and len(data) == 6 + (data[1] & 0x7F)  # one whole frame, nothing else
+            and self.writable
+            and _between_frames(ws)
+        ):
+            return  # an answer to our ping, alone: proof of life (last_seen), nothing else
         ws.receive_data(data)
         for event in ws.events_received():
             if isinstance(event, Frame):
@@ -201,6 +220,7 @@ class Client(asyncio.Protocol):
                 self._handshake(event)
         if self.writable and ws.state is not State.OPEN:
             self.writable = False  # the peer closed, or the protocol failed
+            self.gateway.node.core.indirect(self)
         self._flush_protocol()
 
     def eof_received(self) -> bool:
@@ -239,9 +259,11 @@ class Client(asyncio.Protocol):
             response = self.ws.accept(request)
         self.ws.send_response(response)
         if self.ws.state is State.OPEN:
+            _release_handshake(self.ws)
             self.opened = self.writable = True
             self.session = secrets.token_hex(8)
             self.gateway.connection_opened(self)
+            self.gateway.node.core.direct(self, self.transport.write)
             settings = self.gateway.settings
             welcome = Welcome(
                 protocol=PROTOCOL_VERSION,
@@ -262,12 +284,13 @@ class Client(asyncio.Protocol):
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
         if opcode is Opcode.TEXT:
+            data = bytes(frame.data)  # bytes already (websockets' parser): no copy
             if frame.fin:
-                self._message(frame.data)
+                self._message(data)
             else:
-                self.fragments = [frame.data]
+                self.fragments = [data]
         elif opcode is Opcode.CONT and self.fragments is not None:
-            self.fragments.append(frame.data)
+            self.fragments.append(bytes(frame.data))
             if frame.fin:
                 data, self.fragments = b"".join(self.fragments), None
                 self._message(data)
@@ -321,6 +344,39 @@ class Client(asyncio.Protocol):
                 node.authenticate(self, message)
         except ClientError as error:
             node.send_error(self, error)
+
+
+def _between_frames(ws: ServerProtocol) -> bool:
+    """Is websockets' parser waiting for the first byte of a frame (nothing
+    of a frame read yet)? Then bytes that are one whole frame may be taken
+    past it without changing what it would have done with the next ones."""
+    if ws.reader.buffer:
+        return False
+    parser = ws.parser
+    inner = getattr(parser, "gi_yieldfrom", None)
+    while inner is not None:
+        parser, inner = inner, getattr(inner, "gi_yieldfrom", None)
+    code = getattr(parser, "gi_code", None)
+    return code is not None and code.co_name == "at_eof"
+
+
+def _release_handshake(ws: ServerProtocol) -> None:
+    """Forget the upgrade request once the connection is open.
+
+    websockets' server parser is a generator whose frame keeps the parsed
+    ``Request`` (its headers: about 1.5 KiB) alive as a local for the whole
+    life of the connection. When that generator waits between frames (in the
+    reader's ``at_eof``, nothing half-read), a fresh frame parser, the same
+    one it delegates to, takes its place; otherwise (bytes of a frame already
+    read) it is left alone."""
+    inner = getattr(ws.parser, "gi_yieldfrom", None)  # Protocol.parse, run by ServerProtocol's
+    waiting = getattr(inner, "gi_yieldfrom", None)
+    if waiting is None or waiting.gi_code.co_name != "at_eof" or ws.reader.buffer:
+        return
+    parser = Protocol.parse(ws)
+    next(parser)  # runs to the same wait: the buffer is empty
+    ws.parser.close()
+    ws.parser = parser
 
 
 def _frames_within(data: bytes, start: int, limit: int) -> int:

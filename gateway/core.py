@@ -43,8 +43,11 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Hashable
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
+from itertools import repeat
+from operator import call
 from typing import Any, Protocol
 
 from scorecast.gateway.hub import Hub
@@ -75,6 +78,9 @@ BACKFILL_CACHE_ENTRIES = 256  # topics whose backfill is kept at once
 BACKFILL_CACHE_BYTES = 32 * 1024 * 1024  # encoded frames kept for backfills, in all
 RETRY_DELAY = 0.5  # seconds before a failed first load is tried again
 ESTIMATED_FRAME = 64  # bytes per event, when no event of the topic is in memory
+DIRECT_LIMIT = 64 * 1024  # a topic's frames of one tick larger than this go the careful way
+
+Writer = Callable[[bytes], object]
 
 
 class Connection(Protocol):
@@ -175,9 +181,14 @@ class Pair:
 
 
 class Session:
-    """One connection as the core sees it: its pairs and what it is owed."""
+    """One connection as the core sees it: its pairs and what it is owed.
 
-    __slots__ = ("conn", "frames", "outbox", "pairs", "slow_since")
+    ``direct`` is where the connection lets whole frames go straight (its
+    transport's write) while it is not under pressure, None otherwise;
+    ``lane`` says the session is in the lanes of its LIVE topics (see
+    :meth:`Core.flush`)."""
+
+    __slots__ = ("conn", "direct", "frames", "lane", "outbox", "pairs", "slow_since")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
@@ -188,9 +199,12 @@ class Session:
         self.frames = self.outbox.frames
         self.pairs: dict[str, Pair] = {}
         self.slow_since: float | None = None
+        self.direct: Writer | None = None
+        self.lane = False
 
     def owed(self) -> int:
-        return self.conn.unsent() + sum(map(len, self.frames))
+        unsent: int = self.conn.unsent()
+        return unsent + sum(map(len, self.frames))
 
 
 class Core:
@@ -213,6 +227,12 @@ class Core:
         self.sessions: dict[Hashable, Session] = {}
         self.effects: list[Any] = []
         self.dirty: list[Session] = []
+        # topics with frames for their lanes this tick; sessions that may join
+        # lanes at the end of the next flush; sessions that came under pressure
+        self.ticked: list[Topic] = []
+        self.promote: list[Session] = []
+        self.pressed: list[Session] = []
+        self.direct_limit = DIRECT_LIMIT
         self.slow: set[Session] = set()
         # topic name -> (the Topic, its generation, expires at, bytes, frames by seq)
         self.backfills: dict[str, tuple[Topic, int, float, int, dict[int, bytes]]] = {}
@@ -235,13 +255,42 @@ class Core:
         if session is not None:
             self.slow.discard(session)
             session.frames.clear()
-        for name in self.hub.detach_all(conn):
-            self._unsubscribed(name)
+            session.direct = None
         if session is not None:
             for name in session.pairs:
                 topic = self.hub.topic(name)
                 if topic is not None:
-                    topic.subscribers.discard(session)
+                    _not_live(session, topic)
+            session.lane = False
+        for name in self.hub.detach_all(conn):
+            self._unsubscribed(name)
+
+    def direct(self, conn: Any, writer: Writer) -> None:
+        """``conn`` takes whole frames through ``writer`` from now on, without
+        being asked how much it holds, until it calls :meth:`indirect`: its
+        transport pauses (past its high-water mark, which must not exceed
+        ``soft_limit``), it closes or it is lost. It joins the lanes of its
+        topics at the end of the next flush."""
+        session = self.sessions.get(conn)
+        if session is not None:
+            session.direct = writer
+            self.promote.append(session)
+
+    def indirect(self, conn: Any) -> None:
+        """``conn`` is under pressure, closing or gone: its frames go through
+        ``conn.write`` again, and the policy is asked after each write. Safe
+        to call from inside a writer (a transport's ``pause_writing``)."""
+        session = self.sessions.get(conn)
+        if session is None or session.direct is None:
+            return
+        session.direct = None
+        if session.lane:
+            self._leave(session)
+        self.pressed.append(session)
+
+    def pending(self) -> bool:
+        """Is there anything for :meth:`flush` to do?"""
+        return bool(self.dirty or self.ticked or self.promote)
 
     def send(self, conn: Any, frame: bytes) -> None:
         session = self.sessions.get(conn)
@@ -259,6 +308,8 @@ class Core:
         (a slow consumer: its backlog is dropped and the close goes first)."""
         session = self.sessions.get(conn)
         if session is not None and not flush:
+            if session.lane:
+                self._leave(session)
             session.frames.clear()
         conn.close(code, reason)
 
@@ -284,7 +335,7 @@ class Core:
         since = request.since or {}
         for name in allowed:
             topic, created = self.hub.attach(conn, name)
-            topic.subscribers.discard(session)  # subscribing again restarts the topic
+            _not_live(session, topic)  # subscribing again restarts the topic
             pair = session.pairs[name] = Pair(since.get(name))
             if created:
                 self._load(topic)
@@ -310,11 +361,13 @@ class Core:
 
     def _drop(self, conn: Any, names: list[str]) -> None:
         session = self.sessions.get(conn)
+        if session is not None and session.lane:
+            self._leave(session)  # what this tick owes it goes out first
         for name in names:
             if session is not None and session.pairs.pop(name, None) is not None:
                 topic = self.hub.topic(name)
                 if topic is not None:
-                    topic.subscribers.discard(session)
+                    _not_live(session, topic)
             if self.hub.detach(conn, name):
                 self._unsubscribed(name)
 
@@ -328,9 +381,11 @@ class Core:
         phase = TRANSITIONS[pair.phase, how]  # a KeyError here is a bug in the core
         pair.phase = phase
         if phase is LIVE:
+            if session.lane:  # lanes are joined at the end of a flush only
+                self._leave(session)
             topic.subscribers.add(session)
         else:
-            topic.subscribers.discard(session)
+            _not_live(session, topic)
 
     def _fits(self, session: Session, size: int) -> bool:
         """May ``size`` more bytes be queued for this connection now?"""
@@ -356,7 +411,7 @@ class Core:
                     self.replays_refused += 1
                 else:
                     self._move(session, topic, pair, "backfill")
-                    self._backfill(topic, now)
+                    self._backfill(topic, now, session)
                     return
         elif since is not None and since == topic.seq:
             self.stats.recoveries_memory += 1  # nothing missed: nothing to replay
@@ -375,6 +430,8 @@ class Core:
             self._mark_slow(session, now)
 
     def _mark_slow(self, session: Session, now: float) -> None:
+        if session.lane:
+            self._leave(session)
         if session.slow_since is None:
             session.slow_since = now
             self.stats.slow_clients += 1
@@ -383,13 +440,22 @@ class Core:
     # --- writing ------------------------------------------------------------------
 
     def _push(self, session: Session, frame: bytes) -> None:
+        if session.lane:
+            self._leave(session)
         frames = session.frames
         frames.append(frame)
         if len(frames) == 1:
             self.dirty.append(session)
 
     def _fan_out(self, topic: Topic, frame: bytes) -> None:
-        """Append one encoded frame to every LIVE pair's connection (the hot loop)."""
+        """One encoded frame for every LIVE pair: kept once for the topic's
+        lane (written at the flush), appended for the others (the hot path)."""
+        lane = topic.lane
+        if lane:
+            tick = topic.tick
+            if not tick:
+                self.ticked.append(topic)
+            tick.append(frame)
         dirty = self.dirty
         subscribers = topic.subscribers
         for session in subscribers:
@@ -398,15 +464,72 @@ class Core:
             if len(frames) == 1:
                 dirty.append(session)
         self.stats.fanouts += 1
-        self.stats.deliveries += len(subscribers)
+        self.stats.deliveries += len(lane) + len(subscribers)
+
+    # --- lanes: the connections that take frames straight ------------------------
+
+    def _leave(self, session: Session) -> None:
+        """Take ``session`` out of its lanes; what their ticks hold so far is
+        queued for it, in order, before anything that comes next."""
+        session.lane = False
+        frames = session.frames
+        empty = not frames
+        topics = self.hub.topics
+        for name, pair in session.pairs.items():
+            if pair.phase is LIVE:
+                topic = topics[name]
+                if topic.lane.pop(session, None) is not None:
+                    topic.writers = None
+                    frames.extend(topic.tick)
+                topic.subscribers.add(session)
+        if empty and frames:
+            self.dirty.append(session)
+
+    def _join(self, session: Session) -> None:
+        """Put ``session`` in the lanes of its LIVE topics, if it may be there:
+        it takes frames straight, owes nothing, is not slow, is still here.
+        Only at the end of a flush, when every tick is empty."""
+        writer = session.direct
+        if (
+            session.lane
+            or writer is None
+            or session.slow_since is not None
+            or session.frames
+            or self.sessions.get(session.conn) is not session
+        ):
+            return
+        session.lane = True
+        topics = self.hub.topics
+        for name, pair in session.pairs.items():
+            if pair.phase is LIVE:
+                topic = topics[name]
+                topic.subscribers.discard(session)
+                topic.lane[session] = writer
+                topic.writers = None
 
     def flush(self, now: float) -> None:
-        """One write per connection with everything it is owed; then the
-        slow-client policy where a socket did not take it all."""
+        """Everything owed goes out: one write per connection that is owed
+        frames of its own (a reply, a snapshot, a replay; or any frame, when
+        it is under pressure or has no direct writer), then per topic one
+        write of that topic's frames of this tick to each connection in its
+        lane, from C (``map`` over the writers). The slow-client policy is
+        asked where a socket did not take it all: after each careful write,
+        and for each connection whose transport paused meanwhile.
+
+        The lane is the paced case: a connection that owes nothing else gets
+        an event by one ``transport.write``, with nothing asked of Python per
+        connection. Per topic the frames of one tick are still joined."""
+        limit = self.direct_limit
+        for topic in self.ticked:  # too big for one direct write: the careful way
+            if topic.lane and sum(map(len, topic.tick)) > limit:
+                for session in list(topic.lane):
+                    self._leave(session)
         dirty, self.dirty = self.dirty, []
+        ticked, self.ticked = self.ticked, []
         # below both limits the policy has nothing to say: skip asking it
         quiet = min(self.policy.soft_limit, self.policy.hard_limit)
-        written = 0
+        written = writes = 0
+        promote = self.promote
         for session in dirty:
             frames = session.frames  # Outbox.take(), inlined: the hot loop
             if not frames:
@@ -418,10 +541,38 @@ class Core:
                 continue
             conn.write(data)
             written += len(data)
+            writes += 1
             if session.slow_since is not None or conn.unsent() > quiet:
                 self._judge(session, now)
-        self.stats.writes += len(dirty)
+            if session.direct is not None:
+                promote.append(session)
+        for topic in ticked:
+            tick = topic.tick
+            if not tick:
+                continue
+            data = tick[0] if len(tick) == 1 else b"".join(tick)
+            tick.clear()
+            writers = topic.writers
+            if writers is None:
+                writers = topic.writers = list(topic.lane.values())
+            if writers:
+                _write_all(iter(writers), data)
+                writes += len(writers)
+                written += len(data) * len(writers)
+        self.stats.writes += writes
         self.stats.bytes_out += written
+        if self.pressed:
+            pressed, self.pressed = self.pressed, []
+            for session in pressed:
+                conn = session.conn
+                if self.sessions.get(conn) is not session or conn.closed:
+                    continue
+                if session.slow_since is not None or conn.unsent() > quiet:
+                    self._judge(session, now)
+        if promote:
+            self.promote = []
+            for session in promote:
+                self._join(session)
 
     def _judge(self, session: Session, now: float) -> None:
         """The one place that decides about a slow connection."""
@@ -433,6 +584,8 @@ class Core:
         if verdict is Verdict.OK:
             return
         if verdict is Verdict.CONFLATE:
+            if session.lane:
+                self._leave(session)
             self.stats.slow_clients += 1
             self.slow.add(session)
             for name, pair in session.pairs.items():
@@ -523,7 +676,7 @@ class Core:
         for conn in list(topic.holders):
             session = self.sessions.get(conn)
             pair = session.pairs.get(topic.name) if session else None
-            if pair is not None and pair.phase is LOADING:
+            if session is not None and pair is not None and pair.phase is LOADING:
                 self._start(session, topic, pair, now)
 
     def message(self, name: str, body: bytes, now: float = 0.0) -> None:
@@ -635,20 +788,21 @@ class Core:
         for conn in topic.holders:
             session = self.sessions.get(conn)
             pair = session.pairs.get(topic.name) if session else None
-            if pair is not None:
+            if session is not None and pair is not None:
                 pair.since = None
                 self._move(session, topic, pair, "reset")
 
     # --- recovery from JetStream ----------------------------------------------------
 
-    def _backfill(self, topic: Topic, now: float) -> None:
+    def _backfill(self, topic: Topic, now: float, session: Session) -> None:
         """Clients asked for events older than memory: one JetStream read per
         topic, shared by every client waiting for it, and reused for a few
-        seconds by those who come next (a reconnect storm arrives over seconds)."""
+        seconds by those who come next (a reconnect storm arrives over seconds;
+        each of those is served alone, not by walking every holder)."""
         cached = self.backfills.get(topic.name)
         if cached is not None and cached[0] is topic and cached[1] == topic.generation:
             if cached[2] >= now:
-                self._serve_backfill(topic, cached[4], now)
+                self._serve_backfill(topic, cached[4], now, [session])
                 return
             self._forget_backfill(topic.name)
         if topic.backfilling:
@@ -689,19 +843,29 @@ class Core:
         if entry is not None:
             self.backfill_bytes -= entry[3]
 
-    def _serve_backfill(self, topic: Topic, stored: dict[int, bytes], now: float) -> None:
-        """Replay to each waiting pair from memory and the stored events, or a
-        snapshot where the two do not cover what it missed or it does not fit."""
+    def _serve_backfill(
+        self,
+        topic: Topic,
+        stored: dict[int, bytes],
+        now: float,
+        sessions: list[Session] | None = None,
+    ) -> None:
+        """Replay to each waiting pair (of ``sessions``; None: of every holder)
+        from memory and the stored events, or a snapshot where the two do not
+        cover what it missed or it does not fit."""
+        if sessions is None:
+            found = (self.sessions.get(conn) for conn in list(topic.holders))
+            sessions = [session for session in found if session is not None]
         recent = dict(topic.history)
-        for conn in list(topic.holders):
-            session = self.sessions.get(conn)
-            pair = session.pairs.get(topic.name) if session else None
-            if pair is None or pair.phase is not BACKFILLING:
+        for session in sessions:
+            pair = session.pairs.get(topic.name)
+            if pair is None or pair.phase is not BACKFILLING or pair.since is None:
                 continue
             wanted = range(pair.since + 1, topic.seq + 1)
             frames = [recent.get(seq) or stored.get(seq) for seq in wanted]
-            if all(frames) and self._fits(session, sum(map(len, frames))):
-                for frame in frames:
+            present = [frame for frame in frames if frame is not None]
+            if len(present) == len(frames) and self._fits(session, sum(map(len, present))):
+                for frame in present:
                     self._push(session, frame)
                 self._move(session, topic, pair, "replay")
             else:
@@ -709,7 +873,7 @@ class Core:
 
     # --- figures --------------------------------------------------------------------
 
-    def figures(self) -> dict:
+    def figures(self) -> dict[str, int]:
         return {
             "subscriptions": sum(len(names) for names in self.hub.by_connection.values()),
             "topics": len(self.hub.topics),
@@ -720,6 +884,25 @@ class Core:
             "replays_refused": self.replays_refused,
             "backfill_cache_bytes": self.backfill_bytes,
         }
+
+
+def _not_live(session: Session, topic: Topic) -> None:
+    """``session`` gets no more live frames of ``topic`` (in a lane or not)."""
+    topic.subscribers.discard(session)
+    if topic.lane.pop(session, None) is not None:
+        topic.writers = None
+
+
+def _write_all(writers: Iterator[Writer], data: bytes) -> None:
+    """``data`` to every writer, the loop in C. A transport that failed under
+    us (reset by the peer in this very loop: uvloop then refuses writes
+    until the loss is reported) is skipped; the others still get theirs."""
+    while True:
+        try:
+            deque(map(call, writers, repeat(data)), maxlen=0)
+            return
+        except RuntimeError:
+            log.debug("a write to a closed transport was skipped")
 
 
 def _frame_estimate(topic: Topic) -> int:

@@ -61,8 +61,7 @@ class Node:
         self.supervisor = Supervisor()
         self._flush_scheduled = False
         self._expiry: dict[Any, asyncio.TimerHandle] = {}
-        self._reads: asyncio.Semaphore | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reads = asyncio.Semaphore(READS_IN_FLIGHT)  # binds to a loop when first used
         self.verifier: TokenVerifier | None = None
         if settings.jwt_secret or settings.jwt_public_key:
             self.verifier = TokenVerifier(
@@ -75,8 +74,6 @@ class Node:
 
     def start(self, broker: Broker) -> None:
         self.broker = broker
-        self._loop = asyncio.get_running_loop()
-        self._reads = asyncio.Semaphore(READS_IN_FLIGHT)
         self.supervisor.loop("node sweep", self._sweep)
 
     async def stop(self) -> None:
@@ -86,6 +83,11 @@ class Node:
         self._expiry.clear()
         await self.supervisor.stop()
 
+    def _broker(self) -> Broker:
+        if self.broker is None:
+            raise RuntimeError("the node was not started")
+        return self.broker
+
     # --- running the core's effects ------------------------------------------------
 
     def _run(self) -> None:
@@ -94,7 +96,7 @@ class Node:
             effects, core.effects = core.effects, []
             for effect in effects:
                 self._perform(effect)
-        if core.dirty and not self._flush_scheduled:
+        if not self._flush_scheduled and core.pending():
             self._schedule_flush()
 
     def _perform(self, effect: Any) -> None:
@@ -104,11 +106,11 @@ class Node:
         elif kind is Fetch:
             self.supervisor.spawn(self._fetch(effect), f"fetch {effect.topic.name}")
         elif kind is BrokerUnsubscribe:
-            self.supervisor.spawn(self.broker.unsubscribe(effect.topic), "unsubscribe")
+            self.supervisor.spawn(self._broker().unsubscribe(effect.topic), "unsubscribe")
         elif kind is BrokerSubscribe:
-            self.supervisor.spawn(self.broker.subscribe(effect.topic), "subscribe")
+            self.supervisor.spawn(self._broker().subscribe(effect.topic), "subscribe")
         elif kind is Retry:
-            self._loop.call_later(effect.delay, self._retry, effect.effect)
+            asyncio.get_running_loop().call_later(effect.delay, self._retry, effect.effect)
         else:
             raise TypeError(f"unknown effect {effect!r}")
 
@@ -126,8 +128,8 @@ class Node:
                 return
             try:
                 if effect.purpose == "load":  # live first, so nothing falls between
-                    await self.broker.subscribe(name)
-                result: Any = await self.broker.latest(name)
+                    await self._broker().subscribe(name)
+                result: Any = await self._broker().latest(name)
             except Exception as exc:  # NATS down or timing out: the core decides
                 result = exc
         self.core.loaded(effect, result, time.monotonic())
@@ -136,7 +138,7 @@ class Node:
     async def _fetch(self, effect: Fetch) -> None:
         async with self._reads:
             try:
-                result: Any = await self.broker.fetch(effect.topic.name, effect.first, effect.last)
+                result = await self._broker().fetch(effect.topic.name, effect.first, effect.last)
             except Exception as exc:
                 result = exc
         self.core.fetched(effect, result, time.monotonic())
@@ -146,20 +148,20 @@ class Node:
 
     def send(self, client: Any, frame: bytes) -> None:
         self.core.send(client, frame)
-        if not self._flush_scheduled and self.core.dirty:
+        if not self._flush_scheduled and self.core.pending():
             self._schedule_flush()
 
     def send_error(self, client: Any, error: ClientError) -> None:
         self.core.send_error(client, error)
-        if not self._flush_scheduled and self.core.dirty:
+        if not self._flush_scheduled and self.core.pending():
             self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         self._flush_scheduled = True
         if self.settings.coalesce > 0:
-            self._loop.call_later(self.settings.coalesce, self._flush)
+            asyncio.get_running_loop().call_later(self.settings.coalesce, self._flush)
         else:
-            self._loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -235,7 +237,8 @@ class Node:
         grant = getattr(client, "grant", None)
         if self.verifier is not None and grant is not None and grant.exp:
             delay = max(0.0, grant.exp - time.time())
-            self._expiry[client] = self._loop.call_later(delay, self._expire, client)
+            loop = asyncio.get_running_loop()
+            self._expiry[client] = loop.call_later(delay, self._expire, client)
 
     def _expire(self, client: Any) -> None:
         self._expiry.pop(client, None)
@@ -252,7 +255,7 @@ class Node:
         core.message(name, body)
         if core.effects:
             self._run()
-        elif core.dirty and not self._flush_scheduled:
+        elif not self._flush_scheduled and core.pending():
             self._schedule_flush()
 
     def resync(self, name: str | None = None) -> None:
@@ -277,7 +280,9 @@ class Node:
         self.draining = True
         window = self.settings.drain_window
         for client in list(self.clients):
-            self._loop.call_later(random.uniform(0, window), self._send_away, client)
+            asyncio.get_running_loop().call_later(
+                random.uniform(0, window), self._send_away, client
+            )
         deadline = time.monotonic() + self.settings.drain_deadline
         while self.clients and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

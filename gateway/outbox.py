@@ -25,12 +25,11 @@ __all__ = ["Outbox", "SlowClientPolicy", "Verdict"]
 class Outbox:
     """Frames owed to one connection since its last write."""
 
-    __slots__ = ("conflated", "frames", "slow_since")
+    __slots__ = ("frames", "slow_since")
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
         self.slow_since: float | None = None
-        self.conflated: set[str] = set()
 
     def push(self, frame: bytes) -> bool:
         """Queue ``frame``; True when the outbox was empty (schedule a write)."""

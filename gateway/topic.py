@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 
 from scorecast.protocol.codec import encode, text_frame
 from scorecast.protocol.envelope import Envelope
@@ -35,6 +36,7 @@ class Topic:
         "held",
         "history",
         "holders",
+        "lane",
         "load_failures",
         "name",
         "ready",
@@ -42,7 +44,9 @@ class Topic:
         "seq",
         "state",
         "subscribers",
+        "tick",
         "ts",
+        "writers",
     )
 
     def __init__(self, name: str, history: int) -> None:
@@ -51,10 +55,16 @@ class Topic:
         self.ts: float | None = None
         self.state = NULL
         self.history: deque[tuple[int, bytes]] = deque(maxlen=history or None)
-        # holders: every connection that holds the topic here; subscribers: those
-        # already past their snapshot or replay, which receive live events.
+        # holders: every connection that holds the topic here. Those already
+        # past their snapshot or replay receive live events, each either in
+        # ``lane`` (session -> its direct writer: written the topic's frames of
+        # a tick in one go, see Core.flush) or in ``subscribers`` (each frame
+        # appended to what the session is owed), never both.
         self.holders: set = set()
         self.subscribers: set = set()
+        self.lane: dict = {}
+        self.tick: list[bytes] = []  # frames for the lane, this tick
+        self.writers: list | None = None  # the lane's writers, as a list (None: stale)
         self.ready = False
         self.repairing = False
         self.held: list[Envelope] = []
@@ -178,4 +188,4 @@ class Topic:
         if position + 1 < oldest:
             return None
         skip = position + 1 - oldest
-        return [frame for index, (_, frame) in enumerate(self.history) if index >= skip]
+        return [frame for _, frame in islice(self.history, skip, None)]

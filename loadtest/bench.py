@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = 
         env_flag(parser, environ, name, value, kind, help)
 
     flag("--servers", csv, "servers to compare: scorecast,floor,nats,naive")
-    flag("--scenarios", csv, "scenarios to run: hot,many,idle,storm")
+    flag("--scenarios", csv, "scenarios to run: hot,many,idle,storm (and reconnect)")
     flag("--connections", int, "connections per scenario")
     for scenario in SCENARIOS:
         flag(f"--{scenario}-connections", int, f"connections in '{scenario}' (overrides)", 0)
@@ -68,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = 
     flag("--many-events", int, "many matches: events published, spread over the topics")
     flag("--many-rate", float, "many matches: events per second in all (0: all at once)")
     flag("--storm-window", int, "storm: handshakes in flight per generator process")
+    flag("--reconnect-missed", int, "reconnect: events published while everyone is away")
     flag("--open-window", int, "other scenarios: handshakes in flight per generator")
     flag("--generators", int, "load-generator processes (0: one per 12,000 connections)")
     flag("--workers", int, "scorecast gateway worker processes")

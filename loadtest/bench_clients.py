@@ -93,6 +93,7 @@ class BenchConnection(asyncio.Protocol):
         "positions",
         "ready",
         "ready_at",
+        "resume",
         "snapshots",
         "started_at",
         "tally",
@@ -100,9 +101,18 @@ class BenchConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, mode: str, host: str, topics: list[str], tally: Tally) -> None:
+    def __init__(
+        self,
+        mode: str,
+        host: str,
+        topics: list[str],
+        tally: Tally,
+        resume: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
         self.mode = mode
         self.topics = topics
+        # reconnect scenario: per topic (since, head); ready once at head
+        self.resume = resume
         self.tally = tally
         path = "/" if mode == "nats" else "/ws"
         if mode == "naive":
@@ -113,6 +123,8 @@ class BenchConnection(asyncio.Protocol):
         self._need = -1
         self.transport: asyncio.Transport | None = None
         self.positions: dict[bytes, int] = {}
+        if resume:
+            self.positions = {topic.encode(): since for topic, (since, _) in resume.items()}
         self.snapshots = 0
         self.started_at = time.time()
         self.ready_at: float | None = None
@@ -204,7 +216,13 @@ class BenchConnection(asyncio.Protocol):
     def _upgraded(self) -> None:
         if self.mode == "scorecast":
             topics = ",".join(f'"{topic}"' for topic in self.topics)
-            self._send(b'{"type":"subscribe","id":1,"topics":[' + topics.encode() + b"]}")
+            since = b""
+            if self.resume:
+                pairs = ",".join(f'"{t}":{since}' for t, (since, _) in self.resume.items())
+                since = b',"since":{' + pairs.encode() + b"}"
+            self._send(
+                b'{"type":"subscribe","id":1,"topics":[' + topics.encode() + b"]" + since + b"}"
+            )
         elif self.mode == "naive":
             pass  # the topics were in the URL; wait for "subscribed"
 
@@ -220,6 +238,8 @@ class BenchConnection(asyncio.Protocol):
                     return
                 self.positions[match[1]] = int(match[2])
                 self.snapshots += 1
+                if self.resume:
+                    self.tally.error("resumed with a snapshot, not a replay")
                 if self.snapshots >= len(self.topics):
                     self._set_ready()
             elif payload.startswith(b'{"type":"subscribed"') and self.mode == "naive":
@@ -243,11 +263,18 @@ class BenchConnection(asyncio.Protocol):
         if seq > position + 1:
             tally.gaps += 1
         self.positions[topic] = seq
+        if self.resume and not self.ready.done() and self._replayed():
+            self._set_ready()
         tally.received += 1
         tally.last_at = now
         if tally.first_at is None:
             tally.first_at = now
         tally.latency.record(now - ts)
+
+    def _replayed(self) -> bool:
+        assert self.resume is not None
+        positions = self.positions
+        return all(positions.get(t.encode(), 0) >= head for t, (_, head) in self.resume.items())
 
     # --- NATS protocol over the WebSocket ----------------------------------------
 
@@ -299,9 +326,18 @@ class Generator:
         self.connections: list[BenchConnection] = []
 
     async def open(
-        self, mode: str, host: str, port: int, plan: list[list[str]], window: int, timeout: float
+        self,
+        mode: str,
+        host: str,
+        port: int,
+        plan: list[list[str]],
+        window: int,
+        timeout: float,
+        resume: dict[str, tuple[int, int]] | None = None,
     ) -> dict[str, Any]:
-        """Open one connection per topic list in ``plan``, ``window`` at a time."""
+        """Open one connection per topic list in ``plan``, ``window`` at a time;
+        with ``resume`` (topic -> since, head) each subscribes with ``since``
+        and is ready once replayed up to ``head``."""
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(max(1, window))
         authority = f"{host}:{port}"
@@ -310,7 +346,7 @@ class Generator:
 
         async def one(topics: list[str]) -> None:
             async with slots:
-                connection = BenchConnection(mode, authority, topics, self.tally)
+                connection = BenchConnection(mode, authority, topics, self.tally, resume)
                 try:
                     async with asyncio.timeout(timeout):
                         sock = await self._dial(host, port)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "CONNECTIONS_PER_GENERATOR",
+    "DEFAULT_SCENARIOS",
     "MAX_GENERATORS",
     "PER_PROCESS",
     "SCENARIOS",
@@ -15,7 +16,8 @@ __all__ = [
     "fleet_size",
 ]
 
-SCENARIOS = ("hot", "many", "idle", "storm")
+SCENARIOS = ("hot", "many", "idle", "storm", "reconnect")
+DEFAULT_SCENARIOS = SCENARIOS[:4]  # reconnect is asked for by name
 SERVER_NAMES = ("scorecast", "floor", "nats", "naive")
 PER_PROCESS = 15_000  # sockets one generator holds (open-file limit 20,000 per process)
 CONNECTIONS_PER_GENERATOR = 12_000  # what --generators 0 plans for
@@ -25,13 +27,16 @@ MAX_GENERATORS = 200  # source addresses 127.0.1.1 .. 127.0.1.200
 @dataclass(frozen=True, slots=True)
 class BenchConfig:
     servers: tuple[str, ...] = SERVER_NAMES
-    scenarios: tuple[str, ...] = SCENARIOS
+    scenarios: tuple[str, ...] = DEFAULT_SCENARIOS
     # sizes: connections per scenario (None: ``connections``)
     connections: int = 1000
     hot_connections: int | None = None
     many_connections: int | None = None
     idle_connections: int | None = None
     storm_connections: int | None = None
+    reconnect_connections: int | None = None
+    # reconnect: events published while every connection is away
+    reconnect_missed: int = 5
     # hot match: ``events`` on one topic, ``hot_rate`` per second, then a burst
     events: int = 100
     hot_rate: float = 20.0

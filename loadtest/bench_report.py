@@ -39,6 +39,17 @@ ROWS: dict[str, list[tuple[str, str, bool]]] = {
         ("connections that failed", "open.failed", True),
     ],
 }
+ROWS["reconnect"] = [
+    ("fresh: connections per second", "connections_per_second", False),
+    ("fresh: time to first snapshot p99 (ms)", "open.ready_p99_ms", True),
+    ("fresh: server CPU per connection (us)", "open_cpu_us_per_connection", True),
+    ("resumed with since: connections per second", "resumed_connections_per_second", False),
+    ("resumed: time to replayed p50 (ms)", "resumed.ready_p50_ms", True),
+    ("resumed: time to replayed p99 (ms)", "resumed.ready_p99_ms", True),
+    ("resumed: server CPU per connection (us)", "resumed_cpu_us_per_connection", True),
+    ("resumed / fresh connections per second", "resumed_to_fresh", False),
+    ("resumed: connections that failed", "resumed.failed", True),
+]
 ROWS["many"] = ROWS["hot"]
 ROWS["hot"] = [
     *ROWS["many"],
@@ -56,6 +67,7 @@ TITLES = {
     "many": "Many matches: each connection on several topics, Zipf popularity",
     "idle": "Idle: subscribed connections, no events",
     "storm": "Storm: connections opened as fast as the server takes them",
+    "reconnect": "Reconnect: all drop at once and come back with since, against fresh",
 }
 LABELS = {
     "scorecast": "scorecast",
@@ -167,6 +179,16 @@ def check_targets(results: dict[str, dict[str, dict]]) -> list[dict]:
             )
         )
     targets += _floor_targets(results)
+    resumed = _get(results.get("reconnect", {}).get("scorecast"), "resumed_to_fresh")
+    if resumed is not None:
+        targets.append(
+            _target(
+                "reconnect: resumed with since at >= 90 % of the fresh rate",
+                resumed,
+                0.9,
+                lambda m, g: m >= g,
+            )
+        )
     storm = results.get("storm", {})
     rate = _get(storm.get("scorecast"), "connections_per_second")
     if rate is not None:

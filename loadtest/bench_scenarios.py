@@ -15,6 +15,11 @@ the clients connected.
 - ``storm``: connections opened as fast as the server takes them, each
   subscribing; connections per second until all are in, time to the first
   snapshot (nats: the ``PONG`` after ``SUB``; naive and floor: ``subscribed``).
+- ``reconnect`` (scorecast only: the others have no ``since``): a storm of
+  fresh connections on one topic, then all of them drop at once, events are
+  stored meanwhile, and as many connections come back subscribing with
+  ``since``, each ready once replayed to the head; admissions per second of
+  both, and their ratio.
 """
 
 from __future__ import annotations
@@ -67,8 +72,11 @@ def _quantile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-async def _open(ctx: BenchContext, server, plan: list[list[str]], window: int) -> dict:
-    """Connect one client per topic list; figures of the connecting itself."""
+async def _open(
+    ctx: BenchContext, server, plan: list[list[str]], window: int, resume: dict | None = None
+) -> dict:
+    """Connect one client per topic list; figures of the connecting itself.
+    ``resume`` (topic -> since, head): subscribe with ``since``, ready at head."""
     fleet = ctx.fleet
     arguments = [
         {
@@ -78,6 +86,7 @@ async def _open(ctx: BenchContext, server, plan: list[list[str]], window: int) -
             "plan": share,
             "window": window,
             "timeout": ctx.config.open_timeout,
+            **({"resume": resume} if resume else {}),
         }
         for share in fleet.split(plan)
     ]
@@ -253,4 +262,46 @@ async def run_storm(ctx: BenchContext, server) -> dict:
     return figures
 
 
-RUNNERS = {"hot": run_hot, "many": run_many, "idle": run_idle, "storm": run_storm}
+async def run_reconnect(ctx: BenchContext, server) -> dict:
+    config = ctx.config
+    if server.mode != "scorecast":
+        return {"skipped": "no since in this server's protocol"}
+    topic = f"reconnect.{server.name}.1"
+    await ctx.publisher.stored(topic)  # a snapshot with data to send
+    plan = [[topic]] * config.size("reconnect")
+    try:
+        figures = await _connected(ctx, server, plan, config.storm_window)
+        since = ctx.publisher.seqs[topic]  # what every fresh connection got
+        await ctx.fleet.call(Command.CLOSE)  # all of them drop at once
+        for _ in range(config.reconnect_missed):
+            await ctx.publisher.stored(topic)
+        head = ctx.publisher.seqs[topic]
+        await asyncio.sleep(1.0)  # the gateway saw them go (and forgot the topic)
+        tree = ProcessTree(server.pid)
+        cpu_before, fleet_before = tree.cpu(), ctx.fleet.cpu()
+        resumed = await _open(ctx, server, plan, config.storm_window, {topic: (since, head)})
+        cpu, fleet_cpu = tree.cpu() - cpu_before, ctx.fleet.cpu() - fleet_before
+    finally:
+        await _finish(ctx, server)
+    fresh = figures["open"]
+    fresh_rate = round(fresh["opened"] / fresh["seconds"]) if fresh["seconds"] else None
+    rate = round(resumed["opened"] / resumed["seconds"]) if resumed["seconds"] else None
+    figures.update(
+        connections_per_second=fresh_rate,
+        resumed=resumed,
+        resumed_connections_per_second=rate,
+        resumed_to_fresh=_per(rate or 0, fresh_rate or 0, 1.0, 3),
+        resumed_cpu_us_per_connection=_per(cpu.total, resumed["opened"], 1e6, 1),
+        resumed_generator_cpu_us_per_connection=_per(fleet_cpu.total, resumed["opened"], 1e6, 1),
+        missed=config.reconnect_missed,
+    )
+    return figures
+
+
+RUNNERS = {
+    "hot": run_hot,
+    "many": run_many,
+    "idle": run_idle,
+    "storm": run_storm,
+    "reconnect": run_reconnect,
+}

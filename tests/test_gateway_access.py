@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import jwt
+import orjson
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -179,6 +180,35 @@ async def test_a_client_that_never_answers_pings_is_closed_after_two_heartbeats(
     await asyncio.sleep(1.0)
     assert healthy.close_code is None
     await healthy.close()
+
+
+async def test_pongs_taken_past_the_frame_parser_keep_the_connection_and_its_frames(
+    make_gateway, js
+):
+    """A pong alone in a packet is recognised without websockets' parser (the
+    gateway's fast path); one split over two packets, or glued to a request,
+    still goes through the parser; either way the connection stays alive and
+    its requests are answered in order."""
+    gw = await make_gateway(heartbeat=0.5)
+    client = await RawClient.open(gw.port)
+    await client.send({"type": "subscribe", "id": 1, "topics": ["match.1"]})
+    await client.read_until(lambda m: m["type"] == "snapshot")
+    for _ in range(4):  # two heartbeats' worth of proof of life
+        await client.send_frame(0xA, b"")
+        await asyncio.sleep(0.3)
+    mask = b"\x01\x02\x03\x04"
+    client.writer.write(b"\x8a\x82" + mask[:2])  # a pong, split
+    await client.writer.drain()
+    await asyncio.sleep(0.05)
+    client.writer.write(mask[2:] + bytes(b ^ m for b, m in zip(b"hi", mask, strict=False)))
+    await client.send({"type": "ping", "id": 7})
+    assert (await client.read_until(lambda m: m["type"] == "pong"))["id"] == 7
+    ping = orjson.dumps({"type": "ping", "id": 8})
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(ping))
+    client.writer.write(b"\x8a\x80" + mask + b"\x81" + bytes((0x80 | len(ping),)) + mask + masked)
+    assert (await client.read_until(lambda m: m["type"] == "pong"))["id"] == 8
+    assert client.close_code is None and len(gw.node.clients) == 1
+    client.close()
 
 
 async def test_a_close_the_peer_never_answers_is_cut_after_the_close_timeout(make_gateway, js):

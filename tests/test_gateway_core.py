@@ -288,3 +288,79 @@ def test_replays_obey_the_connection_memory_bound():
         core.flush(now * 0.05)
         assert len(greedy.buffer) <= soft + 1024
     assert positions == dict.fromkeys(names, 200)
+
+
+def test_a_cached_backfill_serves_the_newcomer_without_walking_every_holder():
+    core, _ = loaded_core(seq=20, history=4)
+    first = Wire()
+    core.subscribe(first, Subscribe(id=1, topics=["match.1"], since={"match.1": 3}), 0.0)
+    (fetch,) = core.effects
+    core.effects.clear()
+    core.fetched(fetch, [env(seq) for seq in range(1, 21)], 0.0)
+    core.flush(0.0)
+    frames_in(first.buffer, None)
+    served = []
+    serve = core._serve_backfill
+    core._serve_backfill = lambda *args: served.append(args[3]) or serve(*args)
+    later = Wire()
+    core.subscribe(later, Subscribe(id=1, topics=["match.1"], since={"match.1": 7}), 1.0)
+    assert core.effects == []  # the cached read, no second one
+    core.flush(1.0)
+    frames = frames_in(later.buffer, None)[1:]
+    assert [(m["type"], m["seq"]) for m in frames] == [("event", s) for s in range(8, 21)]
+    assert served == [[core.sessions[later]]]
+    assert first.buffer == bytearray()
+
+
+def _direct(core: Core) -> Wire:
+    wire = Wire(core)
+    core.connect(wire)
+    core.direct(wire, wire.write)
+    return wire
+
+
+def test_a_connection_that_keeps_up_takes_a_tick_in_one_direct_write():
+    core, _ = loaded_core(seq=1, soft_limit=600, hard_limit=10_000)
+    wire = _direct(core)
+    core.subscribe(wire, Subscribe(id=1, topics=["match.1"]), 0.0)
+    core.flush(0.0)  # subscribed + snapshot the careful way; then it joins the lane
+    session = core.sessions[wire]
+    assert session.lane and session in core.hub.topics["match.1"].lane
+    frames_in(wire.buffer, None)
+    writes = []
+    core.hub.topics["match.1"].lane[session] = lambda data: writes.append(data) or wire.write(data)
+    for seq in (2, 3):
+        core.message("match.1", encode_envelope("match.1", seq, 2.0, "k", {"n": seq}, {}), 0.1)
+    assert wire.buffer == bytearray()  # nothing before the flush
+    core.flush(0.1)
+    assert len(writes) == 1  # both frames in one write
+    assert [m["seq"] for m in frames_in(wire.buffer, None)] == [2, 3]
+
+
+def test_a_reply_in_the_same_tick_comes_after_what_the_lane_owed():
+    core, _ = loaded_core(seq=1, soft_limit=600, hard_limit=10_000)
+    wire = _direct(core)
+    core.subscribe(wire, Subscribe(id=1, topics=["match.1"]), 0.0)
+    core.flush(0.0)
+    frames_in(wire.buffer, None)
+    core.message("match.1", encode_envelope("match.1", 2, 2.0, "k", {"n": 2}, {}), 0.1)
+    core.subscribe(wire, Subscribe(id=2, topics=["match.1"], since={"match.1": 2}), 0.1)
+    assert not core.sessions[wire].lane
+    core.flush(0.1)
+    kinds = [(m["type"], m.get("seq")) for m in frames_in(wire.buffer, None)]
+    assert kinds == [("event", 2), ("subscribed", None)]
+
+
+def test_a_paused_connection_leaves_the_lane_and_is_judged():
+    core, _ = loaded_core(seq=1, soft_limit=600, hard_limit=100_000)
+    wire = _direct(core)
+    core.subscribe(wire, Subscribe(id=1, topics=["match.1"]), 0.0)
+    core.flush(0.0)
+    frames_in(wire.buffer, None)
+    big = {"pad": "x" * 400}
+    for seq in (2, 3):
+        core.message("match.1", encode_envelope("match.1", seq, 2.0, "k", big, {}), 0.1)
+        core.flush(0.1)  # nobody reads: past 300 bytes the wire pauses
+    session = core.sessions[wire]
+    assert wire.paused and not session.lane and session.direct is None
+    assert session.pairs["match.1"].phase is Phase.CONFLATED  # past the soft limit: judged

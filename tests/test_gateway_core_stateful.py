@@ -63,17 +63,36 @@ def epoch_of(message: dict, broker: MemoryBroker) -> int:
     return broker.epoch if ts is None else int(ts // 1_000_000)
 
 
-class Wire:
-    """A client connection's socket: what was written and not yet read."""
+HIGH_WATER = 300  # a direct wire "pauses" past this many unread bytes (soft limit: 600)
 
-    def __init__(self) -> None:
+
+class Wire:
+    """A client connection's socket: what was written and not yet read.
+
+    A ``direct`` wire behaves like the gateway's WebSocket connection: it lets
+    the core write to it straight (the core's lanes) until it holds more than
+    HIGH_WATER unread bytes (a transport's pause_writing), and offers that
+    again once read down to a quarter of it (resume_writing)."""
+
+    def __init__(self, core: Core | None = None) -> None:
         self.buffer = bytearray()
         self.closed = False
         self.code: int | None = None
+        self.core = core
+        self.paused = False
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "written after close"
         self.buffer += data
+        if self.core is not None and not self.paused and len(self.buffer) > HIGH_WATER:
+            self.paused = True
+            self.core.indirect(self)
+
+    def drained(self) -> None:
+        drained = len(self.buffer) <= HIGH_WATER // 4
+        if self.core is not None and self.paused and drained and not self.closed:
+            self.paused = False
+            self.core.direct(self, self.write)
 
     def unsent(self) -> int:
         return len(self.buffer)
@@ -81,6 +100,8 @@ class Wire:
     def close(self, code: int, reason: str) -> None:
         self.closed = True
         self.code = code
+        if self.core is not None:
+            self.core.indirect(self)
 
 
 class View:
@@ -88,7 +109,9 @@ class View:
 
     def __init__(self, machine: CoreMachine) -> None:
         self.machine = machine
-        self.wire = Wire()
+        machine.created += 1
+        # every other connection takes frames straight while it keeps up
+        self.wire = Wire(machine.core if machine.created % 2 else None)
         self.requests: dict[int, tuple[list[str], dict[str, int]]] = {}
         self.next_id = 1
         self.positions: dict[str, int | None] = {}  # topics held (acknowledged)
@@ -107,6 +130,7 @@ class View:
     def read(self, limit: int | None) -> None:
         for message in frames_in(self.wire.buffer, limit):
             self.check(message)
+        self.wire.drained()
 
     def check(self, message: dict) -> None:
         kind = message["type"]
@@ -160,13 +184,20 @@ class CoreMachine(RuleBasedStateMachine):
         # small limits, so that a few frames make a slow reader, a short replay
         # a backfill, and a long one a snapshot
         self.core = Core(history=1, soft_limit=600, hard_limit=4000, grace=5.0)
+        self.created = 0
         self.resets = 0
         self.away: dict[int, View] = {}
         self.inflight: list[tuple[str, bytes]] = []  # live messages on their way
         self.pending: list[Load | Fetch] = []  # broker reads under way
         self.views = [View(self) for _ in range(CLIENTS)]
         for view in self.views:
-            self.core.connect(view.wire)
+            self.attach(view)
+
+    def attach(self, view: View) -> None:
+        """The connection opens: the core knows it, and a direct one offers its writer."""
+        self.core.connect(view.wire)
+        if view.wire.core is not None:
+            self.core.direct(view.wire, view.wire.write)
 
     # --- plumbing -------------------------------------------------------------
 
@@ -193,7 +224,7 @@ class CoreMachine(RuleBasedStateMachine):
                 self.core.disconnect(view.wire)
                 self.run_effects()
                 self.views[index] = fresh = View(self)
-                self.core.connect(fresh.wire)
+                self.attach(fresh)
 
     def after(self) -> None:
         """What the runner does after each input: its effects, then the
@@ -296,6 +327,24 @@ class CoreMachine(RuleBasedStateMachine):
         self.after()
 
     @rule(
+        event=st.sampled_from(TOPICS),
+        client=st.integers(0, CLIENTS - 1),
+        topics=st.lists(st.sampled_from(TOPICS), min_size=1, max_size=3, unique=True),
+        with_since=st.booleans(),
+        unsubscribing=st.booleans(),
+    )
+    def request_in_the_same_tick(self, event, client, topics, with_since, unsubscribing):
+        """A live event arrives and, before the flush, a client's request: what
+        the lanes hold for this tick must reach it before the reply."""
+        body = self.broker.publish(event, {"f0": self.broker.heads.get(event, 0)}, deliver=False)
+        if event in self.broker.subscriptions:
+            self.core.message(event, body, self.now)
+        if unsubscribing:
+            self.unsubscribe(client, topics[:2])
+        else:
+            self.subscribe(client, topics, with_since, 0)
+
+    @rule(
         client=st.integers(0, CLIENTS - 1),
         topics=st.lists(st.sampled_from(TOPICS), min_size=1, max_size=2, unique=True),
     )
@@ -317,7 +366,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.run_effects()
         self.away[client] = old
         self.views[client] = View(self)
-        self.core.connect(self.views[client].wire)
+        self.attach(self.views[client])
         for topic in old.positions:
             self.burst(topic, missed)
 
@@ -361,9 +410,17 @@ class CoreMachine(RuleBasedStateMachine):
             for name, pair in session.pairs.items():
                 topic = core.hub.topics[name]
                 assert conn in topic.holders
-                assert (session in topic.subscribers) == (pair.phase is LIVE), (name, pair.phase)
+                in_lane = session in topic.lane
+                assert not (in_lane and session in topic.subscribers), name
+                assert (in_lane or session in topic.subscribers) == (pair.phase is LIVE), (
+                    name,
+                    pair.phase,
+                )
                 if pair.phase is LIVE:
                     assert topic.ready
+                    assert in_lane == session.lane, (name, session.lane)
+            if session.lane:
+                assert session.direct is not None and session.slow_since is None
         for topic in core.hub.topics.values():
             assert topic.holders, "a topic nobody holds is kept"
 
@@ -396,7 +453,7 @@ class CoreMachine(RuleBasedStateMachine):
             self.now += 0.05
             core.sweep(self.now)
             self.after()
-            quiet = not (self.inflight or self.pending or core.dirty or core.slow)
+            quiet = not (self.inflight or self.pending or core.pending() or core.slow)
             if quiet and not any(view.wire.buffer for view in self.views):
                 break
         else:

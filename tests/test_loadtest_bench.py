@@ -112,6 +112,22 @@ def test_floor_server_delivers_only_to_a_topics_subscribers(tmp_path, capsys):
     assert results["storm"]["floor"]["open"]["opened"] == 50
 
 
+def test_reconnect_scenario_resumes_every_connection_with_a_replay(tmp_path):
+    """All drop, events are stored, all come back with ``since``: each one is
+    replayed to the head (a snapshot instead would be counted as an error)."""
+    out = tmp_path / "reconnect.json"
+    argv = [*TINY, "--servers", "scorecast,floor", "--scenarios", "reconnect", "--json", str(out)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    figures = report["results"]["reconnect"]["scorecast"]
+    assert "error" not in figures, figures
+    assert figures["open"]["opened"] == 50 and figures["resumed"]["opened"] == 50
+    assert figures["resumed"]["errors"] == {} and figures["resumed"]["failed"] == 0
+    assert figures["connections_per_second"] > 0 and figures["resumed_to_fresh"] > 0
+    assert "skipped" in report["results"]["reconnect"]["floor"]
+    assert any(t["target"].startswith("reconnect:") for t in report["targets"])
+
+
 def test_floor_server_answers_a_bad_request_with_a_status(tmp_path):
     """Bad input gets an HTTP status, not a traceback or a hang."""
     import asyncio
