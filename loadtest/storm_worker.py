@@ -352,7 +352,10 @@ class Worker:
 
     async def _close_all(self) -> None:
         for client in self.clients:
-            client.close()
+            try:
+                client.close()
+            except RuntimeError:  # uvloop: a transport whose handle is gone, not yet lost
+                client.abort()
         deadline = asyncio.get_running_loop().time() + 5.0
         while any(c.transport is not None for c in self.clients):
             if asyncio.get_running_loop().time() > deadline:
