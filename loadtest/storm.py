@@ -495,6 +495,7 @@ class _Run:
             document["reconnect"] = reconnect_summary(
                 self.t0.value, self.plan.connections, self.plan.rate, reached,
                 list(self.readmitted.values()), document["series"], self.plan.reconnect_at,
+                self.plan.workers,
             )  # fmt: skip
         return document
 

@@ -113,6 +113,7 @@ def reconnect_summary(
     readmitted: list[dict],
     series: list[dict],
     reconnect_at: float,
+    workers: int = 1,
 ) -> dict:
     """Fresh connections per second (the first ramp, t0 until every client was
     subscribed) beside re-admissions per second (the cut until every client
@@ -131,7 +132,20 @@ def reconnect_summary(
         back = max(message["at"] for message in readmitted)
         summary["readmit_seconds"] = round(back - start, 2)
         summary["readmit_per_second"] = round(cut / (back - start), 1) if back > start else None
-        summary["all_back"] = len(readmitted)
+    after = [row for row in series if row["t"] + 1 > reconnect_at]
+    back = sum(row.get("reconnects", 0) for row in after)
+    summary["back_in_run"] = back
+    if len(readmitted) < workers or not readmitted:
+        # not every worker saw all its clients back before the run ended: the
+        # rate of those that were, from the cut to the last second one came back
+        summary["cut"] = sum(row.get("forced_drops", 0) for row in series)
+        summary["all_back"] = False
+        last = max((row["t"] + 1 for row in after if row.get("reconnects")), default=None)
+        if last is not None and last > reconnect_at:
+            summary["readmit_seconds"] = round(last - reconnect_at, 1)
+            summary["readmit_per_second"] = round(back / (last - reconnect_at), 1)
+    else:
+        summary["all_back"] = True
     fresh, again = summary.get("fresh_per_second"), summary.get("readmit_per_second")
     if fresh and again:
         summary["readmit_vs_fresh"] = round(again / fresh, 3)

@@ -106,7 +106,7 @@ def test_mass_reconnect_reports_readmission_beside_fresh_connects(gateway, nats_
     assert totals["forced_drops"] == totals["reconnects"] == 100
     assert totals["gaps"] == totals["duplicates"] == totals["backwards"] == 0
     summary = result["reconnect"]
-    assert summary["cut"] == 100 and summary["all_back"] == 2
+    assert summary["cut"] == 100 and summary["all_back"] is True
     assert summary["fresh_per_second"] > 0 and summary["readmit_per_second"] > 0
     assert summary["readmit_vs_fresh"] == pytest.approx(
         summary["readmit_per_second"] / summary["fresh_per_second"], rel=0.01
@@ -155,13 +155,19 @@ def test_reconnect_summary_arithmetic():
     readmitted = [{"cut": 600, "cut_at": 150.0, "at": 154.0}, {"cut": 400, "cut_at": 150.5,
                   "at": 155.0}]  # fmt: skip
     series = [{"t": t, "reconnects": 200 if t >= 151 else 0} for t in range(140, 160)]
-    summary = reconnect_summary(100.0, 1000, 5000.0, reached, readmitted, series, 150.0)
+    summary = reconnect_summary(100.0, 1000, 5000.0, reached, readmitted, series, 150.0, 2)
     assert summary["fresh_per_second"] == 100.0 and summary["fresh_limited_by_rate"] is False
     assert summary["readmit_per_second"] == 200.0 and summary["readmit_vs_fresh"] == 2.0
     assert summary["seconds_to_back"] == {"50%": 4.0, "90%": 6.0, "99%": 6.0}
     # a ramp that kept to --rate measured the schedule, and says so
-    slow = reconnect_summary(100.0, 1000, 100.0, [{"at": 110.2}], readmitted, series, 150.0)
+    slow = reconnect_summary(100.0, 1000, 100.0, [{"at": 110.2}], readmitted, series, 150.0, 2)
     assert slow["fresh_limited_by_rate"] is True
+    # a worker whose clients were not all back by the end: the series tells the rest
+    for row in series:
+        row["forced_drops"] = 1000 if row["t"] == 150 else 0
+    partial = reconnect_summary(100.0, 1000, 5000.0, reached, readmitted[:1], series, 150.0, 2)
+    assert partial["all_back"] is False and partial["cut"] == 1000
+    assert partial["back_in_run"] == 1800 and partial["readmit_per_second"] == 180.0
 
 
 def test_pss_counts_shared_pages_once_and_the_kernel_figures_are_there():
