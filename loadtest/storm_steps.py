@@ -156,7 +156,7 @@ def reconnect_summary(
             continue
         total += row.get("reconnects", 0)
         for share in (0.5, 0.9, 0.99):
-            if share not in marks and cut and total >= share * cut:
+            if share not in marks and summary["cut"] and total >= share * summary["cut"]:
                 marks[share] = round(row["t"] + 1 - reconnect_at, 1)
     summary["seconds_to_back"] = {f"{int(share * 100)}%": at for share, at in marks.items()}
     return summary
