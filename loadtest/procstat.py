@@ -9,6 +9,16 @@ A server under test may be one process or a supervisor with workers
 (:meth:`ProcessGroup.cpu`, :meth:`ProcessGroup.rss`,
 :meth:`ProcessGroup.write_calls`). Processes that are gone are skipped.
 Sans-dependencies: plain file reads.
+
+Resident memory double-counts what processes share (a forked or spawned
+worker's interpreter pages, copy-on-write data): :meth:`ProcessGroup.memory`
+also sums PSS from ``/proc/PID/smaps_rollup``, where a page shared by ``n``
+processes counts ``1/n`` in each, so a group's PSS counts it once. PSS walks
+the page tables, so it is read at the storm's measuring points, not every
+second. :func:`kernel_memory` is the kernel's side: TCP buffer pages from
+``/proc/net/sockstat``, the slab caches from ``/proc/meminfo``, and those
+that grow with sockets (sockets, inodes, files, epoll items, conntrack
+entries) from ``/proc/slabinfo``, which other work on the machine moves less.
 """
 
 from __future__ import annotations
@@ -18,7 +28,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CpuTimes", "Machine", "ProcessGroup", "machine", "resident_bytes"]
+__all__ = [
+    "CpuTimes",
+    "Machine",
+    "ProcessGroup",
+    "kernel_memory",
+    "machine",
+    "meminfo",
+    "pss",
+    "resident_bytes",
+]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -56,13 +75,76 @@ class CpuTimes:
         return CpuTimes(self.user - other.user, self.system - other.system)
 
 
-def _meminfo() -> dict[str, int]:
-    """``/proc/meminfo`` in bytes."""
-    memory = {}
+def pss(pid: int) -> int:
+    """Proportional set size of one process in bytes (0 when it is gone or the
+    kernel has no smaps_rollup)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def meminfo() -> dict[str, int]:
+    """``/proc/meminfo`` in bytes (name -> value)."""
+    memory: dict[str, int] = {}
     for line in Path("/proc/meminfo").read_text().splitlines():
         name, _, value = line.partition(":")
-        memory[name] = int(value.split()[0]) * 1024
+        parts = value.split()
+        if parts:
+            memory[name] = int(parts[0]) * (1024 if len(parts) > 1 else 1)
     return memory
+
+
+# the slab caches that grow with each TCP connection (both ends of a loopback
+# one): the socket, its inode, file, dentry and epoll item, the conntrack entry
+SOCKET_SLABS = ("TCP", "sock_inode_cache", "filp", "dentry", "eventpoll_epi", "nf_conntrack",
+                "skbuff_head_cache", "request_sock_TCP", "tw_sock_TCP")  # fmt: skip
+
+
+def socket_slabs() -> dict[str, int]:
+    """Bytes held by each of :data:`SOCKET_SLABS` (its slabs' pages), from
+    ``/proc/slabinfo`` (readable by root only: empty otherwise)."""
+    sizes: dict[str, int] = {}
+    try:
+        lines = Path("/proc/slabinfo").read_text().splitlines()[2:]
+    except OSError:
+        return sizes
+    for line in lines:
+        fields = line.split()
+        if fields and fields[0] in SOCKET_SLABS:
+            # name active num objsize perslab pagesperslab : tunables ... : slabdata active num
+            sizes[fields[0]] = int(fields[-2]) * int(fields[5]) * _PAGE
+    return sizes
+
+
+def kernel_memory() -> dict[str, int]:
+    """The kernel's memory that grows with connections, machine-wide, bytes:
+    ``tcp_buffers`` (sockstat ``TCP ... mem``, pages of queued data),
+    ``tcp_sockets`` (sockstat ``inuse``, a count), ``slab`` and
+    ``slab_unreclaimable`` (meminfo), and ``available`` (MemAvailable)."""
+    figures = {"tcp_buffers": 0, "tcp_sockets": 0}
+    try:
+        for line in Path("/proc/net/sockstat").read_text().splitlines():
+            if line.startswith("TCP:"):
+                fields = line.split()[1:]
+                values = dict(zip(fields[::2], fields[1::2], strict=False))
+                figures["tcp_buffers"] = int(values.get("mem", 0)) * _PAGE
+                figures["tcp_sockets"] = int(values.get("inuse", 0))
+    except OSError:
+        pass
+    memory = meminfo()
+    figures["slab"] = memory.get("Slab", 0)
+    figures["slab_unreclaimable"] = memory.get("SUnreclaim", 0)
+    figures["available"] = memory.get("MemAvailable", 0)
+    slabs = socket_slabs()
+    if slabs:
+        figures["socket_slabs"] = sum(slabs.values())
+        figures.update({f"slab_{name}": size for name, size in slabs.items()})
+    return figures
 
 
 class ProcessGroup:
@@ -98,6 +180,15 @@ class ProcessGroup:
                 cpu += stat[1] + stat[2]
                 rss += resident_bytes(pid)
         return {"cpu_seconds": cpu, "rss_bytes": rss, "processes": len(members), "at": at}
+
+    def memory(self) -> dict[str, int]:
+        """PSS and RSS of the live members now, bytes, and how many there are."""
+        members = self.members()
+        return {
+            "pss_bytes": sum(pss(pid) for pid in members),
+            "rss_bytes": sum(resident_bytes(pid) for pid in members),
+            "processes": len(members),
+        }
 
     def cpu(self) -> CpuTimes:
         """User and system CPU seconds of the live members so far."""
@@ -140,9 +231,15 @@ class Machine:
         fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
         user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
         busy = (user + nice + system + irq + softirq + steal) / _TICKS
-        memory = _meminfo()
+        memory = meminfo()
         used = memory.get("MemTotal", 0) - memory.get("MemAvailable", 0)
-        return {"cpu_seconds": busy, "rss_bytes": float(used), "processes": 0, "at": at}
+        return {
+            "cpu_seconds": busy,
+            "rss_bytes": float(used),
+            "available_bytes": float(memory.get("MemAvailable", 0)),
+            "processes": 0,
+            "at": at,
+        }
 
 
 def machine() -> dict:
@@ -156,7 +253,7 @@ def machine() -> dict:
     except OSError:
         pass
     try:
-        memory = _meminfo().get("MemTotal", 0)
+        memory = meminfo().get("MemTotal", 0)
     except (OSError, ValueError, IndexError):
         memory = 0
     return {

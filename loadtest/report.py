@@ -2,7 +2,11 @@
 
 Plots from the result's per-second series: connections, delivery latency
 percentiles, messages per second, errors, and (when the storm watched them)
-CPU and memory of the server and generator processes. Matplotlib draws them with
+CPU and memory of the server and generator processes; from the memory points
+(every few seconds), PSS of the gateway, nats-server and generator and the
+kernel's socket memory over time; and for a stepped storm (``--steps``) the
+cost curve: memory per connection, handshake rate and the time for one goal
+to reach every client, against the connections held. Matplotlib draws them with
 the Agg backend (no display needed); the PNGs are embedded in the page as
 base64, so the HTML file stands alone. ``--png`` also writes them beside it.
 """
@@ -62,8 +66,13 @@ def _mark_events(axes, result: dict) -> None:
         axes.text(at, 1.0, " mass reconnect", transform=axes.get_xaxis_transform(),
                   va="top", fontsize=8, color="grey")  # fmt: skip
     duration = settings.get("duration")
-    if duration:
+    if duration and not settings.get("steps"):  # with steps, only the longest it may take
         axes.axvline(duration, color="grey", linestyle=":", linewidth=1)
+    t0 = result.get("t0")
+    for point in (result.get("steps") or {}).get("points") or []:
+        goal = point.get("goal") or {}
+        if t0 and goal.get("published_at"):  # each step's goal
+            axes.axvline(goal["published_at"] - t0, color="tab:red", linestyle=":", linewidth=0.8)
 
 
 def _png(figure) -> bytes:
@@ -156,6 +165,90 @@ def plots(result: dict) -> dict[str, bytes]:
         axes.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left", fontsize=8)
         _mark_events(axes, result)
         out["resources"] = _png(figure)
+    points = (result.get("memory") or {}).get("points") or []
+    baseline = (result.get("memory") or {}).get("baseline") or {}
+    if points and baseline.get("at"):
+        out["memory"] = _memory_plot(plt, result, points, baseline)
+    rows = (result.get("steps") or {}).get("curve") or []
+    if rows:
+        out.update(_curve_plots(plt, rows))
+    return out
+
+
+ROLES = (
+    ("gateway", "gateway (PSS)"),
+    ("nats", "nats-server (PSS)"),
+    ("generator", "generator (PSS)"),
+    ("kernel", "kernel: TCP buffers + socket slab caches"),
+)
+
+
+def _memory_plot(plt, result: dict, points: list[dict], baseline: dict) -> bytes:
+    """PSS of each role and the kernel's socket memory over the run, GiB."""
+    start = result.get("t0") or baseline["at"]
+    t = [point["at"] - start for point in points]
+    figure, axes = plt.subplots(figsize=(9, 3.6))
+    for role, label in ROLES:
+        if role == "kernel":
+            key = "socket_slabs" if "socket_slabs" in baseline else "slab"
+            values = [(p.get("tcp_buffers", 0) + p.get(key, 0) - baseline.get(key, 0))
+                      / 2**30 for p in points]  # fmt: skip
+        elif f"{role}_pss" in points[0]:
+            values = [p.get(f"{role}_pss", 0) / 2**30 for p in points]
+        else:
+            continue
+        axes.plot(t, values, label=label)
+    right = axes.twinx()
+    right.plot(t, [p.get("connections", 0) for p in points], color="grey", linestyle=":",
+               label="subscribed connections")  # fmt: skip
+    right.set_ylabel("connections")
+    axes.set(title="Memory (PSS: shared pages counted once; kernel: machine-wide)",
+             xlabel="seconds", ylabel="GiB")  # fmt: skip
+    lines, more = axes.get_legend_handles_labels(), right.get_legend_handles_labels()
+    axes.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left", fontsize=8,
+                framealpha=0.6)  # fmt: skip
+    axes.set_ylim(bottom=0)
+    _mark_events(axes, result)
+    return _png(figure)
+
+
+def _steps_axis(axes, x: list[int]) -> None:
+    axes.set_xscale("log")
+    axes.set_xticks(x, [f"{v:,}" for v in x])
+    axes.minorticks_off()
+
+
+def _curve_plots(plt, rows: list[dict]) -> dict[str, bytes]:
+    """The cost curve: memory per connection, handshakes per second, goal time."""
+    x = [row["connections"] or row["step"] for row in rows]
+    out: dict[str, bytes] = {}
+    figure, axes = plt.subplots(figsize=(9, 3.6))
+    for role, label in ROLES:
+        if f"{role}_kib_per_connection" in rows[0]:
+            axes.plot(x, _column(rows, f"{role}_kib_per_connection"), marker="o", label=label)
+    _steps_axis(axes, x)
+    axes.set(title="Memory per connection (above the baseline with no connections)",
+             xlabel="subscribed connections", ylabel="KiB per connection")  # fmt: skip
+    axes.set_ylim(bottom=0)
+    axes.legend(loc="upper right", fontsize=8)
+    out["curve-memory"] = _png(figure)
+
+    figure, axes = plt.subplots(figsize=(9, 3.6))
+    seconds = [v / 1000 for v in _column(rows, "goal_last_ms")]  # nan where none arrived
+    axes.plot(x, seconds, marker="o", color="tab:red",
+              label="goal: publish to the last client (s)")  # fmt: skip
+    _steps_axis(axes, x)
+    axes.set(title="Cost curve: one goal to every client, and the handshake rate",
+             xlabel="subscribed connections", ylabel="seconds")  # fmt: skip
+    axes.set_ylim(bottom=0)
+    right = axes.twinx()
+    right.plot(x, _column(rows, "handshakes_per_second"), marker="s", color="tab:green",
+               label="handshakes / s reaching the step")  # fmt: skip
+    right.set_ylabel("handshakes / s")
+    right.set_ylim(bottom=0)
+    lines, more = axes.get_legend_handles_labels(), right.get_legend_handles_labels()
+    axes.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left", fontsize=8)
+    out["curve-time"] = _png(figure)
     return out
 
 
@@ -208,6 +301,20 @@ def render_html(result: dict, images: dict[str, bytes], title: str) -> str:
         "<table><tr><th></th><th>count</th><th>p50</th><th>p90</th><th>p99</th>"
         f"<th>p99.9</th><th>max</th></tr>{latency_rows}</table>",
     ]
+    rows = (result.get("steps") or {}).get("curve") or []
+    if rows:
+        keys = [k for k in rows[0] if k != "step"]
+        head = "".join(f"<th>{html.escape(k)}</th>" for k in ("step", *keys))
+        body = "".join(
+            "<tr>"
+            + "".join(f"<td>{html.escape(_fmt(row.get(k)))}</td>" for k in ("step", *keys))
+            + "</tr>"
+            for row in rows
+        )
+        table = f"<div style='overflow-x:auto'><table><tr>{head}</tr>{body}</table></div>"
+        sections += ["<h2>Cost curve</h2>", table]
+    if result.get("reconnect"):
+        sections += ["<h2>Mass reconnect</h2>", _table(sorted(result["reconnect"].items()))]
     for name, data in images.items():
         encoded = base64.b64encode(data).decode()
         sections.append(f'<h2>{name.title()}</h2><img alt="{name}" '
@@ -223,7 +330,7 @@ def render_html(result: dict, images: dict[str, bytes], title: str) -> str:
     if result.get("failures"):
         sections += [
             "<h2>Failures</h2>",
-            _table([(i, f) for i, f in enumerate(result["failures"])]),
+            _table([(str(i), f) for i, f in enumerate(result["failures"])]),
         ]
     sections += ["<h2>Settings</h2>", _table(sorted(result.get("settings", {}).items()))]
     style = (

@@ -4,6 +4,13 @@ Every flag also reads ``SCORECAST_<FLAG>`` from the environment. Settings
 that cannot work are refused with a :class:`StormError` saying why: targets
 outside loopback, more connections per process than the open-file limit
 allows, more per (source, destination) pair than there are ephemeral ports.
+
+The defaults fit what ``scorecast dev`` (``make run``) runs: its gateway on
+``ws://127.0.0.1:8080/ws``, its simulator's six matches ``match.1000`` ..
+``match.1005``, and no publishing of our own (``--publish-rate 0``), since
+the simulator already publishes there. dev's embedded nats-server listens on
+a free port (printed at start, ``NATS: ...``); pass it as ``--nats`` to
+publish too.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import itertools
 import math
 import os
 import resource
@@ -62,6 +70,18 @@ def _pids(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"process ids, comma-separated, not {text!r}") from None
 
 
+def _steps(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(part.replace("_", "")) for part in csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"connection counts, comma-separated, not {text!r}"
+        ) from None
+    if any(b <= a for a, b in itertools.pairwise(steps)) or any(n < 1 for n in steps):
+        raise argparse.ArgumentTypeError(f"counts that rise from at least 1, not {text!r}")
+    return steps
+
+
 @dataclasses.dataclass(frozen=True)
 class StormSettings:
     """Each field is a flag (``urls`` is ``--url``); ranges are checked by
@@ -83,13 +103,22 @@ class StormSettings:
         "auto", help="source addresses: auto, a count (127.0.0.1..N), or comma-separated 127.x.y.z"
     )
     max_pending: int = setting(200, parse=int, help="connection attempts in flight per process")
-    topics: int = setting(100, parse=int, help="topics, drawn with Zipf popularity")
+    topics: int = setting(
+        6, parse=int, help="topics, drawn with Zipf popularity (6: scorecast dev's --matches)"
+    )
     topics_per_client: int = setting(2, parse=int, help="topics each client subscribes")
     zipf: float = setting(1.0, parse=float, help="Zipf exponent of topic popularity (0: uniform)")
-    topic_prefix: str = setting("storm.", help="topic names are PREFIX1..PREFIXN")
+    topic_prefix: str = setting(
+        "match.",
+        help="topic names are PREFIX<first>..PREFIX<first+N-1> (default: scorecast dev's matches)",
+    )
+    topic_first: int = setting(
+        1000, parse=int, help="number of the first topic (1000: the simulator's)"
+    )
     publish_rate: float = setting(
-        10.0, parse=float,
-        help="events per second over all topics (0: publish nothing; events come from elsewhere)",
+        0.0, parse=float,
+        help="events per second over all topics, published by the storm (0, the default: "
+        "publish nothing; events come from the running publishers, e.g. scorecast dev's simulator)",
     )  # fmt: skip
     nats: str = setting("nats://127.0.0.1:4222", help="NATS URL for the publisher")
     stream_history: int = setting(
@@ -122,6 +151,21 @@ class StormSettings:
         (), parse=_pids,
         help="PIDs of server processes (gateways, nats-server), comma-separated, whose CPU "
         "and memory (children included) to record each second",
+    )  # fmt: skip
+    steps: tuple[int, ...] = setting(
+        (), parse=_steps, shown="none",
+        help="the cost curve: connection counts, comma-separated (10000,50000,...); ramp to "
+        "each, hold, measure memory (PSS, kernel) and the handshake rate, publish one goal "
+        "every client holds and time its arrival at the last client; the last step is "
+        "--connections, --duration the longest the run may take",
+    )  # fmt: skip
+    step_hold: float = setting(5.0, parse=float, help="seconds to hold each step before measuring")
+    goal_timeout: float = setting(
+        60.0, parse=float, help="seconds a step's goal may take to arrive"
+    )
+    min_available_mib: int = setting(
+        3072, parse=int,
+        help="stop the storm when the machine's available memory falls below this (0: never)",
     )  # fmt: skip
     output: str = setting("storm-result.json", help="JSON result file")
     quiet: bool = setting(False, parse=_yes, shown="no", help="no progress lines (yes/no)")
@@ -188,6 +232,8 @@ def _sources(spec: str, connections: int, targets: int) -> tuple[str, ...]:
 
 def build_plan(settings: StormSettings) -> StormPlan:
     s = settings
+    if s.steps:  # the last step is the connection count
+        s = dataclasses.replace(s, connections=s.steps[-1])
     for name, value, low in (
         ("connections", s.connections, 1),
         ("per-worker", s.per_worker, 1),
@@ -197,25 +243,28 @@ def build_plan(settings: StormSettings) -> StormPlan:
     ):
         if value < low:
             raise StormError(f"--{name} must be at least {low}, got {value}")
-    for name, value in (
+    for name, amount in (
         ("rate", s.rate),
         ("duration", s.duration),
         ("connect-timeout", s.connect_timeout),
     ):
-        if not value > 0:
-            raise StormError(f"--{name} must be positive, got {value}")
-    for name, value in (
+        if not amount > 0:
+            raise StormError(f"--{name} must be positive, got {amount}")
+    for name, figure in (
         ("publish-rate", s.publish_rate),
         ("drain", s.drain),
         ("reconnect-spread", s.reconnect_spread),
+        ("step-hold", s.step_hold),
         ("zipf", s.zipf),
         ("ping-interval", s.ping_interval),
         ("workers", s.workers),
     ):
-        if value < 0:
-            raise StormError(f"--{name} must not be negative, got {value}")
+        if figure < 0:
+            raise StormError(f"--{name} must not be negative, got {figure}")
     if s.reconnect_at is not None and not 0 < s.reconnect_at < s.duration:
         raise StormError("--reconnect-at must fall inside --duration")
+    if s.steps and s.reconnect_at is not None:
+        raise StormError("--steps and --reconnect-at are separate runs: pick one")
     if s.topics_per_client > s.topics:
         raise StormError("--topics-per-client cannot exceed --topics")
     targets = _targets(s.urls)
@@ -241,7 +290,8 @@ def build_plan(settings: StormSettings) -> StormPlan:
         topics_per_client=s.topics_per_client, zipf=s.zipf, prefix=s.topic_prefix,
         seed=s.seed, duration=s.duration, drain=s.drain, reconnect_at=s.reconnect_at,
         reconnect_spread=s.reconnect_spread, ping_interval=s.ping_interval,
-        connect_timeout=s.connect_timeout,
+        connect_timeout=s.connect_timeout, topic_first=s.topic_first, steps=s.steps,
+        goal_topic=f"{s.topic_prefix}goal" if s.steps else None,
     )  # fmt: skip
 
 

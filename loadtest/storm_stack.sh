@@ -18,10 +18,12 @@ nats_port=${NATS_PORT:-4222}
 mkdir -p "$out"
 store=$(mktemp -d /tmp/scorecast-storm-js.XXXXXX)
 pids=()
-# each server runs in its own process group (setsid), so stopping it stops its workers too
+# each server runs in its own process group (setsid), so stopping it stops its
+# workers too; the last started stops first (the gateway before its nats-server)
 cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        pid=${pids[$i]}
+        kill -TERM -- "-$pid" 2>/dev/null || true
         for _ in $(seq 100); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.2; done
         kill -KILL -- "-$pid" 2>/dev/null || true
     done
@@ -38,17 +40,23 @@ PYTHONPATH=. setsid $python -m scorecast.cli --log-level warning gateway \
     ${GATEWAY_FLAGS:-} >"$out/gateway.log" 2>&1 &
 pids+=($!)
 gateway_pid=$!
-# the port is shared by the workers (SO_REUSEPORT): a run of successes in a row
-# means every worker answers, not just the first one up
-ready=0
-for _ in $(seq 300); do
-    if curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; then ready=$((ready + 1)); else ready=0; fi
-    [ "$ready" -ge $((workers * 8)) ] && break
-    sleep 0.1
+# the port is shared by the workers (SO_REUSEPORT): ready once /metrics counts
+# every worker (each writes its figures once a second) and all of them are on
+# NATS; 30 workers starting at once on 2 cores take a while
+ready=""
+for _ in $(seq 900); do
+    figures=$(curl -sf "http://127.0.0.1:$port/metrics" 2>/dev/null || true)
+    up=$(echo "$figures" | awk '$1 == "scorecast_workers" {print int($2)}')
+    nats=$(echo "$figures" | awk '$1 == "scorecast_nats_connected_workers" {print int($2)}')
+    if [ "${up:-0}" -ge "$workers" ] && [ "${nats:-0}" -ge "$workers" ]; then ready=yes; break; fi
+    sleep 0.2
 done
-[ "$ready" -ge $((workers * 8)) ] || { echo "gateway not ready" >&2; exit 1; }
+[ -n "$ready" ] || { echo "gateway not ready: ${up:-0} of $workers workers reporting" >&2; exit 1; }
 
+# the storm's own topics (storm.1 ..) unless the flags say otherwise; its
+# defaults are scorecast dev's matches
 PYTHONPATH=. $python -m scorecast.loadtest.storm --url "ws://127.0.0.1:$port/ws" \
     --nats "nats://127.0.0.1:$nats_port" --watch-pids "$gateway_pid,$nats_pid" \
+    --topic-prefix storm. --topic-first 1 --topics 100 --publish-rate 10 \
     --output "$out/result.json" "$@" 2>&1 | tee "$out/storm.log"
 PYTHONPATH=. $python -m scorecast.loadtest.report "$out/result.json" --png --output "$out/index.html"
