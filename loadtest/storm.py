@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from scorecast.flags import Parser
 from scorecast.loadtest.procstat import Machine, ProcessGroup
 from scorecast.loadtest.results import StormResults
 from scorecast.loadtest.scrape import scrape
@@ -562,8 +563,11 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
     if isinstance(args, argparse.Namespace):
         namespace = args
     else:
-        parser = add_arguments(argparse.ArgumentParser(prog="scorecast storm", description=__doc__))
-        namespace = parser.parse_args(args)
+        parser = add_arguments(Parser(prog="scorecast storm", description=__doc__))
+        try:
+            namespace = parser.parse_args(args)
+        except SystemExit as exit:  # a usage error (one line on stderr) or --help
+            return exit.code if isinstance(exit.code, int) else 2
     try:
         settings = settings_from_args(namespace)
         plan = check_settings(settings)

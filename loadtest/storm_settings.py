@@ -78,7 +78,7 @@ def _steps(text: str) -> tuple[int, ...]:
             f"connection counts, comma-separated, not {text!r}"
         ) from None
     if any(b <= a for a, b in itertools.pairwise(steps)) or any(n < 1 for n in steps):
-        raise argparse.ArgumentTypeError(f"counts that rise from at least 1, not {text!r}")
+        raise argparse.ArgumentTypeError(f"--steps must rise from at least 1, got {text!r}")
     return steps
 
 

@@ -21,7 +21,7 @@ from scorecast.loadtest.procstat import ProcessGroup, kernel_memory, pss
 from scorecast.loadtest.report import main as report_main
 from scorecast.loadtest.stack import ROOT, GatewayProcesses
 from scorecast.loadtest.storm import main as storm_main
-from scorecast.loadtest.storm_settings import StormSettings, add_arguments
+from scorecast.loadtest.storm_settings import StormSettings, add_arguments, settings_from_args
 from scorecast.loadtest.storm_steps import curve, reconnect_summary
 from scorecast.natsserver import free_port
 
@@ -198,16 +198,16 @@ def dev_parser() -> argparse.ArgumentParser:
 
 
 def test_storm_defaults_are_what_scorecast_dev_runs():
-    from scorecast.publishers.simulator import run_simulator
+    from scorecast.publishers.settings import SimulatorSettings
 
     dev = dev_parser().parse_args(["dev"])
-    storm_args = add_arguments(argparse.ArgumentParser(), environ={}).parse_args([])
-    assert storm_args.url == f"ws://127.0.0.1:{dev.port}/ws"
+    storm = settings_from_args(add_arguments(argparse.ArgumentParser(), environ={}).parse_args([]))
+    assert storm.urls == (f"ws://127.0.0.1:{dev.port}/ws",)
     assert dev.host == "127.0.0.1"
-    assert storm_args.topics == dev.matches
-    first = run_simulator.__kwdefaults__["first_id"]
-    assert (storm_args.topic_prefix, storm_args.topic_first) == ("match.", first)
-    assert storm_args.publish_rate == 0  # dev's simulator publishes; storm does not
+    assert storm.topics == dev.matches
+    first = SimulatorSettings().first_id
+    assert (storm.topic_prefix, storm.topic_first) == ("match.", first)
+    assert storm.publish_rate == 0  # dev's simulator publishes; storm does not
     assert StormSettings().publish_rate == 0
 
 
