@@ -566,8 +566,8 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
         parser = add_arguments(Parser(prog="scorecast storm", description=__doc__))
         try:
             namespace = parser.parse_args(args)
-        except SystemExit as exit:  # a usage error (one line on stderr) or --help
-            return exit.code if isinstance(exit.code, int) else 2
+        except SystemExit as usage:  # a usage error (one line on stderr) or --help
+            return usage.code if isinstance(usage.code, int) else 2
     try:
         settings = settings_from_args(namespace)
         plan = check_settings(settings)
