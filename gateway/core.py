@@ -31,12 +31,20 @@ pair waits CONFLATED and gets the topic's shared snapshot once drained; past
 connection is closed 4008. So one connection makes the node hold at most
 about ``hard_limit`` + one tick of live frames + one record per held topic
 (``max_topics_per_connection`` of them), plus the kernel's send buffer.
-Snapshot frames are shared by every connection. JetStream backfills are
-shared per topic, at most :data:`BACKFILL_CACHE_ENTRIES` topics and
+Snapshot frames are shared by every connection. A JetStream backfill
+extends its topic's history back (as far as ``history`` allows), so those
+who come next replay from memory; beyond that it is shared per topic, at
+most :data:`BACKFILL_CACHE_ENTRIES` topics and
 :data:`BACKFILL_CACHE_BYTES` bytes in all, and forgotten after
 :data:`BACKFILL_REUSE` seconds by the sweep; a replay whose estimated size
 exceeds ``soft_limit`` is answered with a snapshot without reading
 JetStream at all.
+
+A topic nobody holds any more lingers ``linger`` seconds (at most
+:data:`LINGER_LIMIT` topics, the oldest dropped first): still subscribed at
+the broker, its position and history kept current, so the clients of a
+network blip or a drained neighbour that come back with ``since`` are
+answered from memory, not from JetStream. The sweep then drops it.
 """
 
 from __future__ import annotations
@@ -76,6 +84,7 @@ log = logging.getLogger("scorecast.core")
 BACKFILL_REUSE = 5.0  # seconds a JetStream read serves later recoveries of its topic
 BACKFILL_CACHE_ENTRIES = 256  # topics whose backfill is kept at once
 BACKFILL_CACHE_BYTES = 32 * 1024 * 1024  # encoded frames kept for backfills, in all
+LINGER_LIMIT = 10_000  # unheld topics kept at once
 RETRY_DELAY = 0.5  # seconds before a failed first load is tried again
 ESTIMATED_FRAME = 64  # bytes per event, when no event of the topic is in memory
 DIRECT_LIMIT = 64 * 1024  # a topic's frames of one tick larger than this go the careful way
@@ -218,20 +227,25 @@ class Core:
         hard_limit: int = 4 * 1024 * 1024,
         grace: float = 30.0,
         max_topics_per_connection: int | None = 500,
+        linger: float = 0.0,
         stats: Stats | None = None,
     ) -> None:
         self.hub = Hub(history)
         self.stats = stats or Stats()
         self.policy = SlowClientPolicy(soft_limit, hard_limit, grace)
         self.max_topics = max_topics_per_connection
+        self.linger = linger
+        self.lingering: dict[str, float] = {}  # unheld topic -> dropped at; oldest first
         self.sessions: dict[Hashable, Session] = {}
         self.effects: list[Any] = []
         self.dirty: list[Session] = []
         # topics with frames for their lanes this tick; sessions that may join
         # lanes at the end of the next flush; sessions that came under pressure
         self.ticked: list[Topic] = []
-        self.promote: list[Session] = []
-        self.pressed: list[Session] = []
+        # (dicts as ordered sets: a gone connection leaves them in O(1), which
+        # matters when a mass disconnect takes thousands in one tick)
+        self.promote: dict[Session, None] = {}
+        self.pressed: dict[Session, None] = {}
         self.direct_limit = DIRECT_LIMIT
         self.slow: set[Session] = set()
         # topic name -> (the Topic, its generation, expires at, bytes, frames by seq)
@@ -250,7 +264,7 @@ class Core:
             session = self.sessions[conn] = Session(conn)
         return session
 
-    def disconnect(self, conn: Any) -> None:
+    def disconnect(self, conn: Any, now: float) -> None:
         session = self.sessions.pop(conn, None)
         if session is not None:
             self.slow.discard(session)
@@ -263,12 +277,10 @@ class Core:
                     _not_live(session, topic)
             session.lane = False
             # nothing keeps a gone connection alive until the next flush
-            if session in self.pressed:
-                self.pressed = [other for other in self.pressed if other is not session]
-            if session in self.promote:
-                self.promote = [other for other in self.promote if other is not session]
+            self.pressed.pop(session, None)
+            self.promote.pop(session, None)
         for name in self.hub.detach_all(conn):
-            self._unsubscribed(name)
+            self._unheld(name, now)
 
     def direct(self, conn: Any, writer: Writer) -> None:
         """``conn`` takes whole frames through ``writer`` from now on, without
@@ -279,7 +291,7 @@ class Core:
         session = self.sessions.get(conn)
         if session is not None:
             session.direct = writer
-            self.promote.append(session)
+            self.promote[session] = None
 
     def indirect(self, conn: Any) -> None:
         """``conn`` is under pressure, closing or gone: its frames go through
@@ -291,7 +303,7 @@ class Core:
         session.direct = None
         if session.lane:
             self._leave(session)
-        self.pressed.append(session)
+        self.pressed[session] = None
 
     def pending(self) -> bool:
         """Is there anything for :meth:`flush` to do?"""
@@ -340,6 +352,7 @@ class Core:
         since = request.since or {}
         for name in allowed:
             topic, created = self.hub.attach(conn, name)
+            self.lingering.pop(name, None)
             _not_live(session, topic)  # subscribing again restarts the topic
             pair = session.pairs[name] = Pair(since.get(name))
             if created:
@@ -347,11 +360,11 @@ class Core:
             elif topic.ready:
                 self._start(session, topic, pair, now)
 
-    def unsubscribe(self, conn: Any, request: Unsubscribe) -> None:
-        self._drop(conn, request.topics)
+    def unsubscribe(self, conn: Any, request: Unsubscribe, now: float) -> None:
+        self._drop(conn, request.topics, now)
         self.send(conn, text_frame(encode(Unsubscribed(id=request.id, topics=request.topics))))
 
-    def regrant(self, conn: Any, request_id: int | None) -> list[str]:
+    def regrant(self, conn: Any, request_id: int | None, now: float) -> list[str]:
         """The connection's grant changed (a refreshed token): every held topic
         it no longer allows is unsubscribed, each with a ``forbidden`` error."""
         session = self.sessions.get(conn)
@@ -361,10 +374,10 @@ class Core:
         revoked = [name for name in session.pairs if not grant.allows(name)]
         for name in revoked:
             self.send_error(conn, Forbidden(f"no longer allowed: {name}", request_id))
-        self._drop(conn, revoked)
+        self._drop(conn, revoked, now)
         return revoked
 
-    def _drop(self, conn: Any, names: list[str]) -> None:
+    def _drop(self, conn: Any, names: list[str], now: float) -> None:
         session = self.sessions.get(conn)
         if session is not None and session.lane:
             self._leave(session)  # what this tick owes it goes out first
@@ -374,9 +387,20 @@ class Core:
                 if topic is not None:
                     _not_live(session, topic)
             if self.hub.detach(conn, name):
-                self._unsubscribed(name)
+                self._unheld(name, now)
 
-    def _unsubscribed(self, name: str) -> None:
+    def _unheld(self, name: str, now: float) -> None:
+        """Nobody here holds ``name`` any more: it lingers, or goes now."""
+        if self.linger <= 0:
+            self._remove(name)
+            return
+        self.lingering[name] = now + self.linger
+        while len(self.lingering) > LINGER_LIMIT:
+            self._remove(next(iter(self.lingering)))  # the oldest
+
+    def _remove(self, name: str) -> None:
+        self.lingering.pop(name, None)
+        self.hub.remove(name)
         self.effects.append(BrokerUnsubscribe(name))
         self._forget_backfill(name)
 
@@ -550,7 +574,7 @@ class Core:
             if session.slow_since is not None or conn.unsent() > quiet:
                 self._judge(session, now)
             if session.direct is not None:
-                promote.append(session)
+                promote[session] = None
         for topic in ticked:
             tick = topic.tick
             if not tick:
@@ -567,7 +591,7 @@ class Core:
         self.stats.writes += writes
         self.stats.bytes_out += written
         if self.pressed:
-            pressed, self.pressed = self.pressed, []
+            pressed, self.pressed = self.pressed, {}
             for session in pressed:
                 conn = session.conn
                 if self.sessions.get(conn) is not session or conn.closed:
@@ -575,7 +599,7 @@ class Core:
                 if session.slow_since is not None or conn.unsent() > quiet:
                     self._judge(session, now)
         if promote:
-            self.promote = []
+            self.promote = {}
             for session in promote:
                 self._join(session)
 
@@ -625,9 +649,16 @@ class Core:
             self._move(session, topic, pair, "drained")
 
     def sweep(self, now: float) -> None:
-        """Periodic: re-judge slow connections, forget expired backfills."""
+        """Periodic: re-judge slow connections, drop topics done lingering,
+        forget expired backfills."""
         for session in list(self.slow):
             self._judge(session, now)
+        lingering = self.lingering
+        while lingering:
+            name, until = next(iter(lingering.items()))
+            if until > now:
+                break
+            self._remove(name)
         for name, entry in list(self.backfills.items()):
             if entry[2] < now:
                 self._forget_backfill(name)
@@ -828,7 +859,9 @@ class Core:
         else:
             self.stats.recoveries_jetstream += 1
             stored = {envelope.seq: topic.event_frame(envelope) for envelope in found}
-            self._remember_backfill(topic, stored, now)
+            topic.extend_back(stored)
+            if stored and (not topic.history or min(stored) < topic.history[0][0]):
+                self._remember_backfill(topic, stored, now)  # older than memory holds
         self._serve_backfill(topic, stored, now)
 
     def _remember_backfill(self, topic: Topic, stored: dict[int, bytes], now: float) -> None:
@@ -883,6 +916,7 @@ class Core:
         return {
             "subscriptions": sum(len(names) for names in self.hub.by_connection.values()),
             "topics": len(self.hub.topics),
+            "topics_lingering": len(self.lingering),
             "slow_connections": len(self.slow),
             "stream_resets": self.stream_resets,
             "topic_resets": self.topic_resets,

@@ -1,8 +1,10 @@
 """Who subscribes to what, on this gateway node. Sans-I/O.
 
-``attach`` reports whether a connection is the topic's first subscriber, so
-the node subscribes to NATS once per topic; ``detach`` reports the last, so
-it unsubscribes once. Connections are any hashable objects.
+``attach`` reports whether the topic is new here, so the node subscribes to
+NATS once per topic; ``detach`` reports when nobody holds it any more. An
+unheld topic stays until :meth:`Hub.remove` (the core keeps it a while, so
+clients that come back find its position and history in memory).
+Connections are any hashable objects.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ class Hub:
         return topic, created
 
     def detach(self, connection: Hashable, name: str) -> bool:
-        """Drop ``name`` for ``connection``; True when nobody here holds it any more."""
+        """Drop ``name`` for ``connection``; True when nobody here holds it any
+        more (the topic itself stays until :meth:`remove`)."""
         names = self.by_connection.get(connection)
         if names is None or name not in names:
             return False
@@ -44,10 +47,11 @@ class Hub:
         topic = self.topics[name]
         topic.subscribers.discard(connection)
         topic.holders.discard(connection)
-        if topic.holders:
-            return False
+        return not topic.holders
+
+    def remove(self, name: str) -> None:
+        """Forget the topic ``name`` (nobody holds it)."""
         del self.topics[name]
-        return True
 
     def detach_all(self, connection: Hashable) -> list[str]:
         """Drop every topic of ``connection``; the names nobody holds any more."""

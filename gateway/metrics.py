@@ -76,7 +76,8 @@ NODE_COUNTERS = (
 GAUGES = {
     "connections": "open WebSocket connections",
     "subscriptions": "topic subscriptions held by connections",
-    "topics": "topics held by this node (one NATS subscription each)",
+    "topics": "topics this node is subscribed to (one NATS subscription each)",
+    "topics_lingering": "topics nobody here holds, kept subscribed for --topic-linger",
     "slow_connections": "connections currently conflating",
     "nats_connected": "1 when every worker of this gateway is connected to NATS (min over workers)",
     "nats_connected_workers": "worker processes connected to NATS",

@@ -52,6 +52,7 @@ class Node:
             hard_limit=settings.hard_limit,
             grace=settings.slow_grace,
             max_topics_per_connection=settings.max_topics_per_connection,
+            linger=settings.topic_linger,
             stats=self.stats,
         )
         self.hub = self.core.hub
@@ -206,7 +207,7 @@ class Node:
         if expiry is not None:
             expiry.cancel()
         self.clients.discard(client)
-        self.core.disconnect(client)
+        self.core.disconnect(client, time.monotonic())
         self.stats.connections_closed += 1
         self._run()
 
@@ -218,7 +219,7 @@ class Node:
             self._run()
 
     def unsubscribe(self, client: Any, request: Unsubscribe) -> None:
-        self.core.unsubscribe(client, request)
+        self.core.unsubscribe(client, request, time.monotonic())
         self._run()
 
     def authenticate(self, client: Any, request: Auth) -> None:
@@ -229,7 +230,7 @@ class Node:
         client.grant = self.verifier.verify(request.token, request.id)
         self._watch_expiry(client)
         self.core.send(client, text_frame(encode(Authed(id=request.id, exp=client.grant.exp))))
-        self.core.regrant(client, request.id)
+        self.core.regrant(client, request.id, time.monotonic())
         self._run()
 
     def _watch_expiry(self, client: Any) -> None:

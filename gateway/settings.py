@@ -60,6 +60,11 @@ class GatewaySettings(NatsSettings):
         256, parse=count, was="--history",
         help="recent events kept per topic in memory, to answer `since` without NATS",
     )  # fmt: skip
+    topic_linger: float = setting(
+        60.0,
+        parse=seconds,
+        help="seconds a topic stays subscribed, with its history, after its last client left",
+    )
     coalesce: float = setting(0.0, parse=seconds, help="write window, seconds (0: one loop tick)")
     # other transports
     http_max_age: float = setting(

@@ -164,6 +164,18 @@ class Topic:
         self.reset(newest)
         return [self.snapshot_frame()], None, False
 
+    def extend_back(self, stored: dict[int, bytes]) -> None:
+        """Older event frames (read from JetStream, by seq) extend the history
+        back, as far as they run on without a hole and it has room."""
+        history = self.history
+        room = None if history.maxlen is None else history.maxlen - len(history)
+        seq = history[0][0] - 1 if history else self.seq
+        older: list[tuple[int, bytes]] = []
+        while seq in stored and (room is None or len(older) < room):
+            older.append((seq, stored[seq]))
+            seq -= 1
+        history.extendleft(older)  # newest first: each goes left of the one before
+
     def take_held(self) -> list[Envelope]:
         held, self.held = self.held, []
         return held

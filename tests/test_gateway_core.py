@@ -92,6 +92,20 @@ def test_frames_since_uses_bounded_history():
     assert topic.frames_since(9) is None  # ahead of the topic: a snapshot instead
 
 
+def test_extend_back_prepends_older_frames_as_far_as_they_run_on():
+    topic = ready_topic(0, history=5)
+    for seq in (1, 2, 3, 4, 5, 6, 7):
+        topic.offer(env(seq))
+    topic.history.popleft()  # history now 4..7, room for one more
+    stored = {seq: topic.event_frame(env(seq)) for seq in (1, 2, 3)}
+    topic.extend_back(stored)
+    assert [seq for seq, _ in topic.history] == [3, 4, 5, 6, 7]
+    assert [payload(f)["seq"] for f in topic.frames_since(2)] == [3, 4, 5, 6, 7]
+    empty = ready_topic(9, history=5)  # just loaded: a snapshot, no events yet
+    empty.extend_back({seq: empty.event_frame(env(seq)) for seq in (1, 2, 6, 8, 9)})
+    assert [seq for seq, _ in empty.history] == [8, 9]  # 7 is missing: stop there
+
+
 def test_hub_reports_first_and_last_subscriber():
     hub = Hub(history=10)
     a, b = object(), object()
@@ -101,7 +115,9 @@ def test_hub_reports_first_and_last_subscriber():
     assert not hub.detach(a, "t")
     assert not hub.detach(a, "t")  # not held: nothing happens
     assert hub.detach(b, "t")
-    assert hub.topics == {} and hub.by_connection == {}
+    assert hub.by_connection == {} and not hub.topics["t"].holders  # kept until removed
+    hub.remove("t")
+    assert hub.topics == {}
 
 
 def test_hub_detach_all_returns_topics_nobody_holds():
@@ -111,7 +127,7 @@ def test_hub_detach_all_returns_topics_nobody_holds():
         hub.attach(a, name)
     hub.attach(b, "y")
     assert hub.detach_all(a) == ["x"]
-    assert hub.topic_count(b) == 1 and list(hub.topics) == ["y"]
+    assert hub.topic_count(b) == 1 and hub.topics["y"].holders == {b}
 
 
 def test_outbox_joins_frames_into_one_write():
@@ -134,10 +150,18 @@ def test_slow_client_policy():
 
 # --- the delivery core (gateway.core): one (connection, topic) phase each ---------
 
+from scorecast.gateway import core as core_module  # noqa: E402
 from scorecast.gateway.auth import Grant  # noqa: E402
-from scorecast.gateway.core import BACKFILL_REUSE, Core, Fetch, Load, Phase  # noqa: E402
+from scorecast.gateway.core import (  # noqa: E402
+    BACKFILL_REUSE,
+    BrokerUnsubscribe,
+    Core,
+    Fetch,
+    Load,
+    Phase,
+)
 from scorecast.gateway.stats import Stats  # noqa: E402
-from scorecast.protocol.messages import Subscribe  # noqa: E402
+from scorecast.protocol.messages import Subscribe, Unsubscribe  # noqa: E402
 from tests.test_gateway_core_stateful import Wire, frames_in  # noqa: E402
 
 
@@ -178,6 +202,53 @@ def test_a_failed_backfill_is_neither_cached_nor_a_recovery():
     assert core.stats.recoveries_jetstream == 1 and "match.1" in core.backfills
 
 
+def test_a_backfill_extends_the_history_so_the_next_replay_is_from_memory():
+    core, _ = loaded_core(seq=20, history=30)
+    first = Wire()
+    core.subscribe(first, Subscribe(id=1, topics=["match.1"], since={"match.1": 15}), 0.0)
+    (fetch,) = core.effects
+    core.effects.clear()
+    core.fetched(fetch, [env(seq) for seq in range(1, 21)], 0.1)
+    core.flush(0.1)
+    assert [m["seq"] for m in frames_in(first.buffer, None)[1:]] == list(range(16, 21))
+    assert core.backfills == {}  # the history holds it all: nothing cached beside it
+    later = Wire()  # long after any cache would have expired
+    core.subscribe(later, Subscribe(id=1, topics=["match.1"], since={"match.1": 2}), 600.0)
+    assert core.effects == []
+    core.flush(600.0)
+    assert [m["seq"] for m in frames_in(later.buffer, None)[1:]] == list(range(3, 21))
+    assert core.stats.recoveries_jetstream == 1 and core.stats.recoveries_memory == 1
+
+
+def test_a_topic_nobody_holds_lingers_subscribed_then_goes():
+    core, holder = loaded_core(seq=3, linger=5.0)
+    core.disconnect(holder, 1.0)
+    assert core.effects == [] and core.figures()["topics_lingering"] == 1
+    core.message("match.1", encode_envelope("match.1", 4, 4.0, "k", {"n": 4}, {"n": 4}), 2.0)
+    back = Wire()  # a client of the blip, with since: served from memory
+    core.subscribe(back, Subscribe(id=1, topics=["match.1"], since={"match.1": 3}), 3.0)
+    assert core.effects == [] and core.lingering == {}
+    core.flush(3.0)
+    assert [(m["type"], m["seq"]) for m in frames_in(back.buffer, None)[1:]] == [("event", 4)]
+    core.unsubscribe(back, Unsubscribe(id=2, topics=["match.1"]), 4.0)
+    core.sweep(8.9)
+    assert "match.1" in core.hub.topics and core.effects == []
+    core.sweep(9.1)
+    assert core.effects == [BrokerUnsubscribe("match.1")] and core.hub.topics == {}
+
+
+def test_lingering_topics_are_bounded_the_oldest_go_first(monkeypatch):
+    monkeypatch.setattr(core_module, "LINGER_LIMIT", 2)
+    core = Core(linger=60.0, stats=Stats())
+    for n in range(3):
+        conn = Wire()
+        core.subscribe(conn, Subscribe(id=1, topics=[f"match.{n}"]), 0.0)
+        core.effects.clear()
+        core.disconnect(conn, float(n))
+    assert core.effects == [BrokerUnsubscribe("match.0")]
+    assert list(core.lingering) == ["match.1", "match.2"]
+
+
 def test_the_backfill_cache_expires_in_the_sweep():
     core, _ = loaded_core(seq=20, history=4)
     client = Wire()
@@ -209,7 +280,7 @@ def test_a_narrower_grant_unsubscribes_what_it_no_longer_allows():
     conn.grant = Grant(exp=0, patterns=None)
     core.subscribe(conn, Subscribe(id=1, topics=["match.1", "match.2", "cup.1"]), 0.0)
     conn.grant = Grant(exp=0, patterns=("match.*",))
-    assert core.regrant(conn, 7) == ["cup.1"]
+    assert core.regrant(conn, 7, 0.0) == ["cup.1"]
     core.flush(0.0)
     errors = [m for m in frames_in(conn.buffer, None) if m["type"] == "error"]
     assert [(e["code"], e["id"]) for e in errors] == [("forbidden", 7)]

@@ -115,7 +115,7 @@ async def test_a_narrower_refreshed_token_unsubscribes_what_it_no_longer_allows(
     await publisher.publish("match.1", {"n": 1})
     await client.wait_for(lambda m: m.get("topic") == "match.1" and m.get("seq") == 1)
     assert not [m for m in client.of("cup.1") if m["type"] == "event"]
-    assert gw.node.hub.topic("cup.1") is None
+    assert not gw.node.hub.topic("cup.1").holders  # only lingering (--topic-linger)
     await client.close()
 
 

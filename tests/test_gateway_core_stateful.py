@@ -182,8 +182,9 @@ class CoreMachine(RuleBasedStateMachine):
         self.now = 0.0
         self.broker = MemoryBroker(keep=12)
         # small limits, so that a few frames make a slow reader, a short replay
-        # a backfill, and a long one a snapshot
-        self.core = Core(history=1, soft_limit=600, hard_limit=4000, grace=5.0)
+        # a backfill, and a long one a snapshot; a topic nobody holds lingers
+        # for a tick or two
+        self.core = Core(history=1, soft_limit=600, hard_limit=4000, grace=5.0, linger=1.0)
         self.created = 0
         self.resets = 0
         self.away: dict[int, View] = {}
@@ -221,7 +222,7 @@ class CoreMachine(RuleBasedStateMachine):
             if view.wire.closed and not view.disconnected:
                 view.read(None)  # what was written before the close
                 view.disconnected = True
-                self.core.disconnect(view.wire)
+                self.core.disconnect(view.wire, self.now)
                 self.run_effects()
                 self.views[index] = fresh = View(self)
                 self.attach(fresh)
@@ -351,7 +352,7 @@ class CoreMachine(RuleBasedStateMachine):
     def unsubscribe(self, client, topics):
         view = self.views[client]
         view.leaving.update(name for name in topics if name in view.positions)
-        self.core.unsubscribe(view.wire, Unsubscribe(id=view.next_id, topics=topics))
+        self.core.unsubscribe(view.wire, Unsubscribe(id=view.next_id, topics=topics), self.now)
         view.next_id += 1
         self.after()
 
@@ -361,7 +362,7 @@ class CoreMachine(RuleBasedStateMachine):
         meanwhile its matches go on for ``missed`` events each."""
         old = self.views[client]
         old.read(None)
-        self.core.disconnect(old.wire)
+        self.core.disconnect(old.wire, self.now)
         old.disconnected = True
         self.run_effects()
         self.away[client] = old
@@ -421,8 +422,12 @@ class CoreMachine(RuleBasedStateMachine):
                     assert in_lane == session.lane, (name, session.lane)
             if session.lane:
                 assert session.direct is not None and session.slow_since is None
-        for topic in core.hub.topics.values():
-            assert topic.holders, "a topic nobody holds is kept"
+        for name, topic in core.hub.topics.items():
+            # held, or lingering (and then not past its time), never both
+            assert bool(topic.holders) != (name in core.lingering), name
+            assert name in self.broker.subscriptions, name
+        assert all(until <= self.now + core.linger for until in core.lingering.values())
+        assert set(core.lingering) <= set(core.hub.topics)
 
     def teardown(self):
         """Quiet the world: every live message delivered, every read answered,

@@ -63,7 +63,38 @@ async def test_recovery_on_a_node_that_just_loaded_the_topic_reads_jetstream(mak
         ("event", s) for s in range(3, 9)
     ]
     assert gw.node.stats.recoveries_jetstream == 1
+    # the read filled the topic's memory: the next one back is answered from it
+    second = await subscribed(gw, ["match.7"], since={"match.7": 1})
+    await second.wait_for(lambda m: m.get("seq") == 8)
+    assert [m["seq"] for m in second.of("match.7")] == list(range(2, 9))
+    assert gw.node.stats.recoveries_jetstream == 1
+    assert gw.node.stats.recoveries_memory == 1
+    await asyncio.gather(client.close(), second.close())
+
+
+async def test_a_topic_its_last_client_left_lingers_for_the_ones_coming_back(make_gateway, js):
+    gw = await make_gateway(topic_linger=30.0)
+    publisher = RawPublisher(js)
+    await publish_many(publisher, "match.8", 3)
+    client = await subscribed(gw, ["match.8"])
+    await client.wait_for(lambda m: m.get("seq") == 3)
     await client.close()
+    core = gw.node.core
+    async with asyncio.timeout(5):
+        while "match.8" not in core.lingering:
+            await asyncio.sleep(0.01)
+    await publish_many(publisher, "match.8", 4)  # the blip: events go on
+    async with asyncio.timeout(5):
+        while core.hub.topics["match.8"].seq < 7:  # still subscribed, kept current
+            await asyncio.sleep(0.01)
+    back = await subscribed(gw, ["match.8"], since={"match.8": 3})
+    await back.wait_for(lambda m: m.get("seq") == 7)
+    assert [(m["type"], m["seq"]) for m in back.of("match.8")] == [
+        ("event", s) for s in range(4, 8)
+    ]
+    assert gw.node.stats.recoveries_memory == 1 and gw.node.stats.recoveries_jetstream == 0
+    assert gw.node.figures()["topics_lingering"] == 0
+    await back.close()
 
 
 async def test_since_older_than_memory_is_read_from_jetstream_once(make_gateway, js):
