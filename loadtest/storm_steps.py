@@ -117,7 +117,10 @@ def reconnect_summary(
 ) -> dict:
     """Fresh connections per second (the first ramp, t0 until every client was
     subscribed) beside re-admissions per second (the cut until every client
-    was subscribed again), from the same run."""
+    was subscribed again), from the same run. The generator's own time to cut
+    its sockets (``cut_seconds``: its processes close them one by one before
+    any reconnects) is also left out in ``readmit_after_cut_per_second``,
+    counted from the first reconnect attempt."""
     summary: dict = {"connections": connections}
     if reached:
         ramp = max(message["at"] for message in reached) - t0
@@ -132,6 +135,11 @@ def reconnect_summary(
         back = max(message["at"] for message in readmitted)
         summary["readmit_seconds"] = round(back - start, 2)
         summary["readmit_per_second"] = round(cut / (back - start), 1) if back > start else None
+        if all("cut_done_at" in message for message in readmitted):
+            cut_done = min(message["cut_done_at"] for message in readmitted)
+            summary["cut_seconds"] = round(cut_done - start, 2)
+            if back > cut_done:
+                summary["readmit_after_cut_per_second"] = round(cut / (back - cut_done), 1)
     after = [row for row in series if row["t"] + 1 > reconnect_at]
     back = sum(row.get("reconnects", 0) for row in after)
     summary["back_in_run"] = back
@@ -140,6 +148,7 @@ def reconnect_summary(
         # rate of those that were, from the cut to the last second one came back
         summary["cut"] = sum(row.get("forced_drops", 0) for row in series)
         summary["all_back"] = False
+        summary.pop("readmit_after_cut_per_second", None)  # of some workers only
         last = max((row["t"] + 1 for row in after if row.get("reconnects")), default=None)
         if last is not None and last > reconnect_at:
             summary["readmit_seconds"] = round(last - reconnect_at, 1)
@@ -149,6 +158,9 @@ def reconnect_summary(
     fresh, again = summary.get("fresh_per_second"), summary.get("readmit_per_second")
     if fresh and again:
         summary["readmit_vs_fresh"] = round(again / fresh, 3)
+    after_cut = summary.get("readmit_after_cut_per_second")
+    if fresh and after_cut and summary["all_back"]:
+        summary["readmit_after_cut_vs_fresh"] = round(after_cut / fresh, 3)
     # how fast the first half, 90 % and 99 % came back (per-second series)
     total, marks = 0, {}
     for row in series:

@@ -318,13 +318,15 @@ class Worker:
                 cut += 1
                 self.tally.forced_drops += 1
                 self._spawn(self._keep_trying(client, self.rng.random() * spread))
+        cut_done_at = time.time()  # cutting 10,000s of sockets takes this process seconds
         # the re-admission rate: from the cut until every client cut is subscribed
         # again (``up`` would not do: a cut link counts as down only once the loop
         # has run its connection_lost)
         while self.tally.reconnects - before < cut:
             await asyncio.sleep(0.02)
         self.report({"kind": "readmitted", "worker": self.index, "cut": cut, "cut_at": cut_at,
-                     "at": time.time(), "clients": len(self.clients)})  # fmt: skip
+                     "cut_done_at": cut_done_at, "at": time.time(),
+                     "clients": len(self.clients)})  # fmt: skip
 
     # --- steady state ----------------------------------------------------------
 

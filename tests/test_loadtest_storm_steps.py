@@ -152,13 +152,16 @@ def test_curve_arithmetic():
 
 def test_reconnect_summary_arithmetic():
     reached = [{"at": 110.0}, {"at": 108.0}]
-    readmitted = [{"cut": 600, "cut_at": 150.0, "at": 154.0}, {"cut": 400, "cut_at": 150.5,
-                  "at": 155.0}]  # fmt: skip
+    readmitted = [{"cut": 600, "cut_at": 150.0, "cut_done_at": 151.0, "at": 154.0},
+                  {"cut": 400, "cut_at": 150.5, "cut_done_at": 151.5, "at": 155.0}]  # fmt: skip
     series = [{"t": t, "reconnects": 200 if t >= 151 else 0} for t in range(140, 160)]
     summary = reconnect_summary(100.0, 1000, 5000.0, reached, readmitted, series, 150.0, 2)
     assert summary["fresh_per_second"] == 100.0 and summary["fresh_limited_by_rate"] is False
     assert summary["readmit_per_second"] == 200.0 and summary["readmit_vs_fresh"] == 2.0
     assert summary["seconds_to_back"] == {"50%": 4.0, "90%": 6.0, "99%": 6.0}
+    # the generator's own cutting (150 .. 151, the first reconnect attempt) left out
+    assert summary["cut_seconds"] == 1.0 and summary["readmit_after_cut_per_second"] == 250.0
+    assert summary["readmit_after_cut_vs_fresh"] == 2.5
     # a ramp that kept to --rate measured the schedule, and says so
     slow = reconnect_summary(100.0, 1000, 100.0, [{"at": 110.2}], readmitted, series, 150.0, 2)
     assert slow["fresh_limited_by_rate"] is True
@@ -168,6 +171,7 @@ def test_reconnect_summary_arithmetic():
     partial = reconnect_summary(100.0, 1000, 5000.0, reached, readmitted[:1], series, 150.0, 2)
     assert partial["all_back"] is False and partial["cut"] == 1000
     assert partial["back_in_run"] == 1800 and partial["readmit_per_second"] == 180.0
+    assert "readmit_after_cut_per_second" not in partial
 
 
 def test_pss_counts_shared_pages_once_and_the_kernel_figures_are_there():
