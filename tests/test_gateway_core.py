@@ -178,6 +178,19 @@ def loaded_core(seq: int = 0, history: int = 10, **limits) -> tuple[Core, Wire]:
     return core, holder
 
 
+def resumed_by_backfill(core: Core, since: int, now: float = 0.0) -> Wire:
+    """A client resuming ``match.1`` after ``since``: the one JetStream read
+    it causes is answered with seqs 1..20, and the core flushed."""
+    client = Wire()
+    core.subscribe(client, Subscribe(id=1, topics=["match.1"], since={"match.1": since}), now)
+    (fetch,) = core.effects
+    core.effects.clear()
+    assert isinstance(fetch, Fetch) and fetch.purpose == "backfill"
+    core.fetched(fetch, [env(seq) for seq in range(1, 21)], now)
+    core.flush(now)
+    return client
+
+
 def test_a_failed_backfill_is_neither_cached_nor_a_recovery():
     core, _ = loaded_core(seq=20, history=4)
     first = Wire()
@@ -204,12 +217,7 @@ def test_a_failed_backfill_is_neither_cached_nor_a_recovery():
 
 def test_a_backfill_extends_the_history_so_the_next_replay_is_from_memory():
     core, _ = loaded_core(seq=20, history=30)
-    first = Wire()
-    core.subscribe(first, Subscribe(id=1, topics=["match.1"], since={"match.1": 15}), 0.0)
-    (fetch,) = core.effects
-    core.effects.clear()
-    core.fetched(fetch, [env(seq) for seq in range(1, 21)], 0.1)
-    core.flush(0.1)
+    first = resumed_by_backfill(core, 15)
     assert [m["seq"] for m in frames_in(first.buffer, None)[1:]] == list(range(16, 21))
     assert core.backfills == {}  # the history holds it all: nothing cached beside it
     later = Wire()  # long after any cache would have expired
@@ -251,10 +259,7 @@ def test_lingering_topics_are_bounded_the_oldest_go_first(monkeypatch):
 
 def test_the_backfill_cache_expires_in_the_sweep():
     core, _ = loaded_core(seq=20, history=4)
-    client = Wire()
-    core.subscribe(client, Subscribe(id=1, topics=["match.1"], since={"match.1": 3}), 0.0)
-    (fetch,) = core.effects
-    core.fetched(fetch, [env(seq) for seq in range(1, 21)], 0.0)
+    resumed_by_backfill(core, 3)
     assert core.backfill_bytes > 0
     core.sweep(BACKFILL_REUSE + 1)
     assert core.backfills == {} and core.backfill_bytes == 0
@@ -363,12 +368,7 @@ def test_replays_obey_the_connection_memory_bound():
 
 def test_a_cached_backfill_serves_the_newcomer_without_walking_every_holder():
     core, _ = loaded_core(seq=20, history=4)
-    first = Wire()
-    core.subscribe(first, Subscribe(id=1, topics=["match.1"], since={"match.1": 3}), 0.0)
-    (fetch,) = core.effects
-    core.effects.clear()
-    core.fetched(fetch, [env(seq) for seq in range(1, 21)], 0.0)
-    core.flush(0.0)
+    first = resumed_by_backfill(core, 3)
     frames_in(first.buffer, None)
     served = []
     serve = core._serve_backfill
