@@ -145,6 +145,7 @@ class Topic:
                 continue
             if envelope.seq > self.seq + 1:
                 self.held = pending[index:]
+                self.repairing = True  # newer ones wait behind this gap's repair
                 return frames, Gap(self.seq + 1, envelope.seq - 1)
             frames.append(self._advance(envelope))
         return frames, None

@@ -61,6 +61,16 @@ def test_release_reports_a_gap_still_open():
     assert gap == Gap(3, 3) and [e.seq for e in topic.held] == [4]
 
 
+def test_a_gap_left_by_a_repair_holds_newer_messages_behind_it():
+    topic = ready_topic(1)
+    assert topic.offer(env(3)) == Gap(2, 2)
+    assert topic.offer(env(5)) is None
+    frames, gap = topic.release([env(2)])  # the repair: 2, 3, then 4 is missing
+    assert [payload(f)["seq"] for f in frames] == [2, 3] and gap == Gap(4, 4)
+    assert topic.repairing  # so the next one waits: no second repair of the same hole
+    assert topic.offer(env(6)) is None and [e.seq for e in topic.held] == [5, 6]
+
+
 def test_messages_before_the_snapshot_are_held_then_filtered():
     topic = Topic("match.1", 10)
     assert topic.offer(env(3)) is None and topic.offer(env(4)) is None

@@ -112,7 +112,9 @@ class View:
         machine.created += 1
         # every other connection takes frames straight while it keeps up
         self.wire = Wire(machine.core if machine.created % 2 else None)
-        self.requests: dict[int, tuple[list[str], dict[str, int]]] = {}
+        # request id -> its topics, its since, and the state it had at each since
+        # (frames read before the reply may replace the log: a reset's snapshot)
+        self.requests: dict[int, tuple[list[str], dict[str, int], dict[str, object]]] = {}
         self.next_id = 1
         self.positions: dict[str, int | None] = {}  # topics held (acknowledged)
         self.states: dict[str, object] = {}
@@ -123,7 +125,8 @@ class View:
 
     def request(self, topics: list[str], since: dict[str, int]) -> Subscribe:
         request = Subscribe(id=self.next_id, topics=topics, since=since or None)
-        self.requests[self.next_id] = (topics, since)
+        had = {name: self.logs[name][seq] for name, seq in since.items()}
+        self.requests[self.next_id] = (topics, since, had)
         self.next_id += 1
         return request
 
@@ -136,13 +139,14 @@ class View:
         kind = message["type"]
         broker = self.machine.broker
         if kind == "subscribed":
-            topics, since = self.requests[message["id"]]
+            topics, since, had = self.requests[message["id"]]
             assert message["topics"] == topics
             for name in topics:
                 self.leaving.discard(name)
                 if name in since:  # back at since, with the state it had there
                     self.positions[name] = since[name]
-                    self.states[name] = self.logs[name][since[name]]
+                    self.states[name] = had[name]
+                    self.logs[name] = {since[name]: had[name]}
                 else:
                     self.positions[name] = None
                     self.states.pop(name, None)
