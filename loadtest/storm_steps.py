@@ -119,8 +119,8 @@ def reconnect_summary(
     subscribed) beside re-admissions per second (the cut until every client
     was subscribed again), from the same run. The generator's own time to cut
     its sockets (``cut_seconds``: its processes close them one by one before
-    any reconnects) is also left out in ``readmit_after_cut_per_second``,
-    counted from the first reconnect attempt."""
+    their first reconnect attempt) is left out in
+    ``readmit_after_cut_per_second``, counted from the first attempt."""
     summary: dict = {"connections": connections}
     if reached:
         ramp = max(message["at"] for message in reached) - t0
@@ -135,8 +135,8 @@ def reconnect_summary(
         back = max(message["at"] for message in readmitted)
         summary["readmit_seconds"] = round(back - start, 2)
         summary["readmit_per_second"] = round(cut / (back - start), 1) if back > start else None
-        if all("cut_done_at" in message for message in readmitted):
-            cut_done = min(message["cut_done_at"] for message in readmitted)
+        if all("first_attempt_at" in message for message in readmitted):
+            cut_done = min(message["first_attempt_at"] for message in readmitted)
             summary["cut_seconds"] = round(cut_done - start, 2)
             if back > cut_done:
                 summary["readmit_after_cut_per_second"] = round(cut / (back - cut_done), 1)

@@ -276,7 +276,15 @@ class Worker:
                          "received": goal.received, "first_at": goal.first,
                          "last_at": goal.last})  # fmt: skip
 
-    async def _keep_trying(self, client: StormClient, delay: float = 0.0, held=False) -> None:
+    async def _keep_trying(
+        self,
+        client: StormClient,
+        delay: float = 0.0,
+        held: bool = False,
+        first: list[float] | None = None,
+    ) -> None:
+        """Connect ``client`` until it is subscribed; the wall clock of the first
+        attempt of all those given the same ``first`` list goes into it."""
         tally, backoff = self.tally, 0.5
         if delay > 0:
             await asyncio.sleep(delay)
@@ -286,6 +294,8 @@ class Worker:
             held = False
             tally.attempts += 1
             tally.pending += 1
+            if first is not None and not first:
+                first.append(time.time())
             try:
                 assert client.route is not None  # set when the client was opened
                 target, source = client.route
@@ -312,20 +322,23 @@ class Worker:
         await asyncio.sleep(max(0.0, at - loop.time()))
         spread = self.plan.reconnect_spread
         cut_at, cut, before = time.time(), 0, self.tally.reconnects
+        # closing 10,000s of sockets takes this process seconds before its first
+        # reconnect attempt goes out: that moment is reported too
+        first: list[float] = []
         for client in self.clients:
             if client.up:
                 client.abort()
                 cut += 1
                 self.tally.forced_drops += 1
-                self._spawn(self._keep_trying(client, self.rng.random() * spread))
-        cut_done_at = time.time()  # cutting 10,000s of sockets takes this process seconds
+                delay = self.rng.random() * spread
+                self._spawn(self._keep_trying(client, delay, first=first))
         # the re-admission rate: from the cut until every client cut is subscribed
         # again (``up`` would not do: a cut link counts as down only once the loop
         # has run its connection_lost)
         while self.tally.reconnects - before < cut:
             await asyncio.sleep(0.02)
         self.report({"kind": "readmitted", "worker": self.index, "cut": cut, "cut_at": cut_at,
-                     "cut_done_at": cut_done_at, "at": time.time(),
+                     "first_attempt_at": first[0] if first else cut_at, "at": time.time(),
                      "clients": len(self.clients)})  # fmt: skip
 
     # --- steady state ----------------------------------------------------------

@@ -152,8 +152,10 @@ def test_curve_arithmetic():
 
 def test_reconnect_summary_arithmetic():
     reached = [{"at": 110.0}, {"at": 108.0}]
-    readmitted = [{"cut": 600, "cut_at": 150.0, "cut_done_at": 151.0, "at": 154.0},
-                  {"cut": 400, "cut_at": 150.5, "cut_done_at": 151.5, "at": 155.0}]  # fmt: skip
+    readmitted = [
+        {"cut": 600, "cut_at": 150.0, "first_attempt_at": 151.0, "at": 154.0},
+        {"cut": 400, "cut_at": 150.5, "first_attempt_at": 151.5, "at": 155.0},
+    ]
     series = [{"t": t, "reconnects": 200 if t >= 151 else 0} for t in range(140, 160)]
     summary = reconnect_summary(100.0, 1000, 5000.0, reached, readmitted, series, 150.0, 2)
     assert summary["fresh_per_second"] == 100.0 and summary["fresh_limited_by_rate"] is False
