@@ -117,10 +117,9 @@ def reconnect_summary(
 ) -> dict:
     """Fresh connections per second (the first ramp, t0 until every client was
     subscribed) beside re-admissions per second (the cut until every client
-    was subscribed again), from the same run. The generator's own time to cut
-    its sockets (``cut_seconds``: its processes close them one by one before
-    their first reconnect attempt) is left out in
-    ``readmit_after_cut_per_second``, counted from the first attempt."""
+    was subscribed again), from the same run; ``readmit_after_cut_per_second``
+    counts from the generator's first reconnect attempt instead, leaving out
+    the time its processes took to get there (``cut_seconds``)."""
     summary: dict = {"connections": connections}
     if reached:
         ramp = max(message["at"] for message in reached) - t0
@@ -136,10 +135,10 @@ def reconnect_summary(
         summary["readmit_seconds"] = round(back - start, 2)
         summary["readmit_per_second"] = round(cut / (back - start), 1) if back > start else None
         if all("first_attempt_at" in message for message in readmitted):
-            cut_done = min(message["first_attempt_at"] for message in readmitted)
-            summary["cut_seconds"] = round(cut_done - start, 2)
-            if back > cut_done:
-                summary["readmit_after_cut_per_second"] = round(cut / (back - cut_done), 1)
+            attempted = min(message["first_attempt_at"] for message in readmitted)
+            summary["cut_seconds"] = round(attempted - start, 2)
+            if back > attempted:
+                summary["readmit_after_cut_per_second"] = round(cut / (back - attempted), 1)
     after = [row for row in series if row["t"] + 1 > reconnect_at]
     back = sum(row.get("reconnects", 0) for row in after)
     summary["back_in_run"] = back
