@@ -323,8 +323,7 @@ class Worker:
         await asyncio.sleep(max(0.0, at - loop.time()))
         spread = self.plan.reconnect_spread
         cut_at, cut, before = time.time(), 0, self.tally.reconnects
-        # closing 10,000s of sockets takes this process seconds before its first
-        # reconnect attempt goes out: that moment is reported too
+        # when this process's first reconnect attempt went out is reported too
         first: list[float] = []
         for client in [client for client in self.clients if client.up]:
             client.abort()
